@@ -158,3 +158,14 @@ def test_collapse_uneven_layer_splits(tokenizer):
     with torch.no_grad():
         difference = (hybrid(ids).logits - neox(ids).logits[..., :VOCAB]).abs().max().item()
     assert difference <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "mamba"])
+def test_collapsed_greedy_generation(family, tokenizer):
+    components = make_components(family, 2)
+    hybrid = manticore.build_hybrid(components, n_blocks=2, tokenizer=tokenizer).eval()
+    hybrid.set_mixture_weights(one_hot(2, 2, 0))
+    prompt = torch.tensor([[5, 9, 14, 3]])
+    expected = components[0].generate(prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    actual = hybrid.generate(prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    assert torch.equal(actual, expected)

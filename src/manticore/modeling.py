@@ -145,11 +145,22 @@ class ManticoreModel(ManticorePreTrainedModel):
             if not g.requires_grad and float(g) == 0.0:
                 continue  # a fixed zero weight removes the component from this block
 
-            # project in, run the chunk, project out, mix
-            u = (1 - g) * self.projectors_in[i][k](h) + g * resize_features(h, adapter.width)  # (B, T, d_k)
+            # A fixed weight of exactly 1 passes h straight through, so the projectors need not run.
+            bypass = not g.requires_grad and float(g) == 1.0
+
+            # 1. project in
+            u = resize_features(h, adapter.width)  # (B, T, d_k)
+            if not bypass:
+                u = (1 - g) * self.projectors_in[i][k](h) + g * u
+
+            # 2. run the chunk
             start, stop = self.bounds[k][i]
             y = adapter.run_layers(u, start, stop, contexts[k])  # (B, T, d_k)
-            z = (1 - g) * self.projectors_out[i][k](y) + g * resize_features(y, self.hidden_size)  # (B, T, D)
+
+            # 3. project out and mix
+            z = resize_features(y, self.hidden_size)  # (B, T, D)
+            if not bypass:
+                z = (1 - g) * self.projectors_out[i][k](y) + g * z
             mixed = mixed + g * z
         return mixed
 
@@ -168,6 +179,8 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = ManticoreModel(config, components)
         self.post_init()
+        # NOTE: there is no hybrid cache yet, so generation recomputes the whole prefix at every step.
+        self.generation_config.use_cache = False
 
     @property
     def vocab_size(self) -> int:
@@ -197,7 +210,6 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
         return logits
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        # No cache yet: every step recomputes the whole prefix.
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 

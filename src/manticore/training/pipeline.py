@@ -1,0 +1,308 @@
+"""The stages of a run (align, search, retrain, baselines, sweep, evaluate) on the shared loop.
+
+Outputs of a run in `recipe.output_dir`:
+    recipe.yaml            the resolved recipe
+    metrics.csv            every logged value, long format
+    <stage>/done.json      a finished stage's summary; `--resume` skips it
+    <stage>/checkpoint     the latest checkpoint of an unfinished stage
+    align/model, retrain/model, baselines/<name>/model   save_pretrained directories
+    search/mixture.json    the searched mixture weights
+    sweep/landscape.json   validation loss at each fixed mixture weight
+    results.json           the evaluation table
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..build import build_hybrid
+from ..flops import component_forward_flops, hybrid_forward_flops
+from ..mixture import MixtureWeights
+from ..modeling import ManticoreForCausalLM
+from ..recipe import Recipe
+from ..tasks.text import load_text_dataset, pack_for_language_modeling, split_dataset
+from .loop import LoopSettings, TrainingLoop, evaluate_language_model
+from .metrics import MetricsWriter
+
+logger = logging.getLogger(__name__)
+
+SEARCH_MIXTURE_KIND = {"darts": "softmax", "gaea": "simplex", "gumbel": "gumbel"}
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_output_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
+    """Create the output folder; never replace an earlier run without `overwrite`."""
+    output = Path(recipe.output_dir)
+    if output.exists() and any(output.iterdir()) and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"output folder {str(output)!r} already holds a run: pass --overwrite to replace it, "
+                "--resume to continue it, or set output_dir to a new folder"
+            )
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return output
+
+
+class Pipeline:
+    """Run the stages a recipe lists, in order, resuming finished ones when asked."""
+
+    def __init__(self, recipe: Recipe, overwrite: bool = False, resume: bool = False):
+        self.recipe, self.resume = recipe, resume
+        self.output = prepare_output_dir(recipe, overwrite, resume)
+        self.metrics = MetricsWriter(self.output)
+        self._data: dict = {}
+        self._tokenizer = None
+
+    # -- data ------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self.initial_hybrid().tokenizer
+            if self._tokenizer is None:
+                raise ValueError("no tokenizer found with the components: set hybrid.tokenizer in the recipe")
+        return self._tokenizer
+
+    def blocks(self, name: str):
+        """Packed token blocks of split `name`: align, train, validation or test."""
+        if name not in self._data:
+            self._data[name] = self._load_blocks(name)
+        return self._data[name]
+
+    def _load_blocks(self, name):
+        data = self.recipe.data
+        if name == "align":
+            documents = load_text_dataset(data.align.source, text_field=data.align.text_field)
+            field = data.align.text_field
+        elif name == "test":
+            documents = load_text_dataset(data.test.source, text_field=data.test.text_field)
+            field = data.test.text_field
+        elif data.validation is not None:
+            source = data.task if name == "train" else data.validation
+            documents, field = load_text_dataset(source.source, text_field=source.text_field), source.text_field
+        else:
+            task = load_text_dataset(data.task.source, text_field=data.task.text_field)
+            splits = split_dataset(task, {"validation": data.validation_fraction, "train": None}, seed=self.recipe.seed)
+            documents, field = splits[name], data.task.text_field
+        blocks = pack_for_language_modeling(documents, self.tokenizer, data.block_size, text_field=field)
+        return blocks.with_format("numpy")
+
+    # -- models ----------------------------------------------------------
+
+    @staticmethod
+    def initial_hybrid_for(recipe: Recipe) -> ManticoreForCausalLM:
+        h = recipe.hybrid
+        return build_hybrid(
+            h.components, n_blocks=h.n_blocks, tokenizer=h.tokenizer, fresh_embeddings=h.fresh_embeddings,
+            layer_splits=h.layer_splits, projector=h.projector,
+        )
+
+    def initial_hybrid(self) -> ManticoreForCausalLM:
+        return self.initial_hybrid_for(self.recipe)
+
+    def aligned_hybrid(self) -> ManticoreForCausalLM:
+        """The hybrid after alignment (the rewind point), or the unaligned one if no alignment ran."""
+        directory = self.output / "align" / "model"
+        if directory.exists():
+            return ManticoreForCausalLM.from_pretrained(directory)
+        logger.warning("no aligned hybrid in %s; starting from unaligned projectors", directory)
+        return self.initial_hybrid()
+
+    # -- running ---------------------------------------------------------
+
+    def run(self, stages=None) -> dict:
+        summaries = {}
+        for stage in stages or self.recipe.stages:
+            done = self.output / stage / "done.json"
+            if self.resume and done.exists():
+                logger.info("stage %s already finished; skipping", stage)
+                summaries[stage] = json.loads(done.read_text())
+                continue
+            summary = getattr(self, f"stage_{stage}")()
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(summary, indent=1))
+            summaries[stage] = summary
+        return summaries
+
+    def _settings(self, section, **changes) -> LoopSettings:
+        values = dict(
+            steps=section.steps, batch_size=section.batch_size, learning_rate=section.learning_rate,
+            weight_decay=section.weight_decay, warmup_steps=section.warmup_steps, log_every=section.log_every,
+            checkpoint_every=section.checkpoint_every, seed=self.recipe.seed,
+        )
+        values.update(changes)
+        return LoopSettings(**values)
+
+    def _train(self, model, stage, settings, data, weights, mixture=(), mixture_kind="softmax", held_out=None):
+        loop = TrainingLoop(
+            model, data, settings, self.output / stage, stage, self.metrics, weights, mixture, mixture_kind, held_out
+        )
+        summary = loop.run(resume=self.resume)
+        summary["peak_memory_mib"] = peak_memory_mib()
+        return summary
+
+    def stage_align(self) -> dict:
+        """Train projectors (and fresh embeddings) with frozen components."""
+        torch.manual_seed(self.recipe.seed)
+        hybrid = self.initial_hybrid()
+        section = self.recipe.align
+        freeze_components(hybrid)
+        weights = [p for n, p in hybrid.named_parameters() if not n.startswith("model.mixture")]
+        mixture = list(hybrid.model.mixture.parameters()) if section.train_mixture else []
+        summary = self._train(hybrid, "align", self._settings(section), self.blocks("align"), weights, mixture)
+        hybrid.save_pretrained(self.output / "align" / "model")
+        return summary
+
+    def stage_search(self) -> dict:
+        """Search mixture weights together with all other weights on the task's training split."""
+        torch.manual_seed(self.recipe.seed)
+        hybrid = self.aligned_hybrid()
+        section = self.recipe.search
+        kind = SEARCH_MIXTURE_KIND[section.method]
+        probs = hybrid.mixture_weights()
+        hybrid.model.mixture = MixtureWeights(*probs.shape, kind=kind, probs=probs)
+        held_out = self.blocks("validation") if section.mode == "bilevel" else None
+        settings = self._settings(section, search_mode=section.mode, mixture_learning_rate=section.mixture_learning_rate)
+        weights = [p for n, p in hybrid.named_parameters() if not n.startswith("model.mixture")]
+        summary = self._train(
+            hybrid, "search", settings, self.blocks("train"), weights, hybrid.model.mixture.parameters(), kind, held_out
+        )
+        searched = hybrid.mixture_weights().tolist()
+        (self.output / "search" / "mixture.json").write_text(json.dumps({"mixture_weights": searched}, indent=1))
+        summary["mixture_weights"] = searched
+        return summary
+
+    def searched_mixture(self):
+        path = self.output / "search" / "mixture.json"
+        if path.exists():
+            return json.loads(path.read_text())["mixture_weights"]
+        if self.recipe.hybrid.mixture_probs is not None:
+            return self.recipe.hybrid.mixture_probs
+        raise ValueError("retrain needs mixture weights: run the search stage or set hybrid.mixture_probs")
+
+    def stage_retrain(self) -> dict:
+        """Rewind to the aligned hybrid, fix the searched mixture weights, fine-tune the rest."""
+        torch.manual_seed(self.recipe.seed)
+        hybrid = self.aligned_hybrid()
+        hybrid.set_mixture_weights(self.searched_mixture())
+        summary = self._train(hybrid, "retrain", self._settings(self.recipe.retrain), self.blocks("train"), hybrid.parameters())
+        summary["mixture_weights"] = hybrid.mixture_weights().tolist()
+        hybrid.save_pretrained(self.output / "retrain" / "model")
+        return summary
+
+    def component_baseline(self, k: int) -> ManticoreForCausalLM:
+        """Component k alone (with its own, possibly aligned, embeddings) as a one-component hybrid."""
+        aligned = self.aligned_hybrid()
+        component = aligned.model.components[k]
+        return build_hybrid([component], n_blocks=1, tokenizer=aligned.tokenizer, projector="none", mixture="fixed",
+                            mixture_probs=[[1.0]])
+
+    def stage_baselines(self) -> dict:
+        """Fine-tune each component alone: same steps and tokens, and (optionally) the same compute."""
+        section = self.recipe.baselines
+        context = self.recipe.data.block_size
+        reference = self.aligned_hybrid()
+        reference.set_mixture_weights(self.searched_mixture())
+        hybrid_flops = hybrid_forward_flops(reference, context)
+        summaries = {}
+        for k, name in enumerate(reference.config.component_names):
+            budgets = {"same-steps": section.steps}
+            if section.equal_compute:
+                ratio = hybrid_flops / component_forward_flops(reference.model.components[k], context)
+                budgets["same-compute"] = max(1, round(section.steps * ratio))
+            for budget, steps in budgets.items():
+                torch.manual_seed(self.recipe.seed)
+                label = f"{short_name(name)}-{budget}"
+                model = self.component_baseline(k)
+                summary = self._train(model, f"baselines/{label}", self._settings(section, steps=steps),
+                                      self.blocks("train"), model.parameters())
+                model.save_pretrained(self.output / "baselines" / label / "model")
+                summaries[label] = summary
+        return summaries
+
+    def sweep_grid(self, n_blocks: int) -> list[list[list[float]]]:
+        """Fixed mixture weights (M, 2) on a grid of `sweep.points` values per block."""
+        values = np.linspace(0.0, 1.0, self.recipe.sweep.points)
+        if n_blocks == 1:
+            return [[[1 - a, a]] for a in values]
+        if n_blocks == 2:
+            return [[[1 - a, a], [1 - b, b]] for a in values for b in values]
+        raise ValueError(f"sweep supports 1 or 2 blocks, not n_blocks={n_blocks}: lower hybrid.n_blocks or drop the sweep stage")
+
+    def stage_sweep(self) -> dict:
+        """Fine-tune at each fixed mixture weight and record the validation loss (the landscape)."""
+        reference = self.aligned_hybrid()
+        if reference.config.n_components != 2:
+            raise ValueError("the sweep needs exactly 2 components: drop the sweep stage or use two components")
+        points = []
+        for index, probs in enumerate(self.sweep_grid(reference.config.n_blocks)):
+            torch.manual_seed(self.recipe.seed)
+            hybrid = self.aligned_hybrid()
+            hybrid.set_mixture_weights(probs)
+            summary = self._train(hybrid, f"sweep/point{index}", self._settings(self.recipe.sweep), self.blocks("train"),
+                                  hybrid.parameters())
+            validation = evaluate_language_model(hybrid, self.blocks("validation"), self.recipe.evaluate_batch_size)
+            points.append({"mixture_weights": probs, "train_loss": summary["loss"], "validation_loss": validation["loss"]})
+        (self.output / "sweep" / "landscape.json").write_text(json.dumps(points, indent=1))
+        return {"points": len(points), "best": min(points, key=lambda p: p["validation_loss"])}
+
+    def stage_evaluate(self) -> dict:
+        """Test loss and perplexity of the retrained hybrid and every baseline, with their costs."""
+        test = self.blocks("test")
+        context = self.recipe.data.block_size
+        rows = []
+        candidates = [("manticore", self.output / "retrain" / "model")]
+        candidates += sorted((p.name, p / "model") for p in (self.output / "baselines").glob("*") if (p / "model").exists())
+        for name, directory in candidates:
+            if not directory.exists():
+                continue
+            model = ManticoreForCausalLM.from_pretrained(directory)
+            result = evaluate_language_model(model, test, self.recipe.evaluate_batch_size)
+            training = self._training_summary(name)
+            rows.append({
+                "model": name,
+                "test_loss": result["loss"],
+                "test_perplexity": result["perplexity"],
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "forward_flops_per_token": hybrid_forward_flops(model, context),
+                "training_seconds": training.get("seconds"),
+                "training_tokens": training.get("tokens"),
+                "peak_memory_mib": training.get("peak_memory_mib"),
+                "mixture_weights": model.mixture_weights().tolist(),
+            })
+        (self.output / "results.json").write_text(json.dumps(rows, indent=1))
+        return {"rows": rows}
+
+    def _training_summary(self, name: str) -> dict:
+        if name == "manticore":
+            path = self.output / "retrain" / "done.json"
+            return json.loads(path.read_text()) if path.exists() else {}
+        path = self.output / "baselines" / "done.json"
+        return json.loads(path.read_text()).get(name, {}) if path.exists() else {}
+
+
+def freeze_components(hybrid) -> None:
+    """Freeze every component weight except fresh embeddings (and the heads tied to them)."""
+    for k, component in enumerate(hybrid.model.components):
+        fresh = hybrid.config.fresh_embeddings[k]
+        embedding = component.get_input_embeddings().weight
+        for parameter in component.parameters():
+            parameter.requires_grad_(fresh and parameter is embedding)
+
+
+def short_name(name: str) -> str:
+    return Path(str(name).rstrip("/")).name or str(name)
