@@ -26,7 +26,8 @@ tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
 ids = load_file(sys.argv[2])["ids"]
 with torch.no_grad():
     logits = model(ids).logits
-save_file({"logits": logits, "vocab": torch.tensor(len(tokenizer))}, sys.argv[3])
+weights = {f"weight/{name}": value.clone() for name, value in model.state_dict().items()}
+save_file({"logits": logits, "vocab": torch.tensor(len(tokenizer)), **weights}, sys.argv[3])
 """
 
 
@@ -72,7 +73,11 @@ def test_reload_in_fresh_process_gives_same_logits(saved_hybrid, tmp_path):
     reloaded = load_file(tmp_path / "out.safetensors")
     with torch.no_grad():
         expected = hybrid(ids).logits
-    assert torch.equal(reloaded["logits"], expected)
+    for name, value in hybrid.state_dict().items():
+        assert torch.equal(reloaded[f"weight/{name}"], value), name
+    # The Mamba kernel's parallel reduction order can change the last bits between
+    # runs, so the logits are compared to float32 rounding and the weights exactly.
+    assert (reloaded["logits"] - expected).abs().max().item() <= 1e-6
     assert reloaded["vocab"].item() == len(hybrid.tokenizer)
 
 
@@ -112,4 +117,5 @@ def test_classification_reload(tmp_path):
     reloaded = manticore.ManticoreForSequenceClassification.from_pretrained(tmp_path / "classifier").eval()
     ids = torch.randint(3, 60, (2, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, classifier(ids).logits)
+        difference = (reloaded(ids).logits - classifier(ids).logits).abs().max().item()
+    assert difference <= 1e-6

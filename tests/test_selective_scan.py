@@ -10,6 +10,7 @@ from transformers import MambaConfig, MambaForCausalLM
 from manticore.kernels import mamba_layer, selective_scan
 from manticore.kernels.mamba_layer import mamba_block_forward, mamba_block_prefill, mamba_block_step
 from manticore.kernels.selective_scan import (
+    causal_conv_silu_channels_last,
     kernel_available,
     reference_selective_scan,
     selective_scan as kernel_selective_scan,
@@ -233,6 +234,54 @@ def test_missing_numba_logs_one_warning(monkeypatch, caplog):
     assert second is False
     assert len(caplog.records) == 1
     assert "numba" in caplog.records[0].getMessage()
+
+
+def reference_conv_silu(x, weight, bias):
+    """Apply transformers' causal depthwise convolution and SiLU to channels-last x (B, T, Din)."""
+    length = x.shape[1]
+    output = torch.nn.functional.conv1d(
+        x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1, groups=weight.shape[0]
+    )
+    return torch.nn.functional.silu(output[:, :, :length]).transpose(1, 2)
+
+
+def run_conv(conv, x, weight, bias):
+    """Return the output and the gradients of x, weight and bias under a fixed random loss."""
+    output = conv(x, weight, bias)
+    output_weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    inputs = [tensor for tensor in (x, weight, bias) if tensor is not None]
+    gradients = torch.autograd.grad((output * output_weights.to(output.dtype)).sum(), inputs)
+    return output, gradients
+
+
+@requires_kernel
+@pytest.mark.parametrize("length", [1, 3, 70, 130])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_conv_silu_matches_conv1d(with_bias, dtype, length):
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(3, length, 20, generator=generator, dtype=dtype).requires_grad_()
+    weight = torch.randn(20, 1, 4, generator=generator, dtype=dtype).requires_grad_()
+    bias = torch.randn(20, generator=generator, dtype=dtype).requires_grad_() if with_bias else None
+
+    output, gradients = run_conv(causal_conv_silu_channels_last, x, weight, bias)
+    expected, expected_gradients = run_conv(reference_conv_silu, x, weight, bias)
+
+    tolerance = TOLERANCE[dtype]
+    assert output.dtype == dtype
+    assert scaled_error(output, expected) <= tolerance
+    for name, gradient, expected_gradient in zip(["x", "weight", "bias"], gradients, expected_gradients):
+        error = scaled_error(gradient, expected_gradient)
+        assert error <= tolerance, f"gradient of {name} differs by {error:.2e} (scaled)"
+
+
+def test_conv_silu_fallback_without_kernel(monkeypatch):
+    monkeypatch.setattr(selective_scan, "_kernel_status", False)
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 9, 20, generator=generator)
+    weight = torch.randn(20, 1, 4, generator=generator)
+    bias = torch.randn(20, generator=generator)
+    assert torch.equal(causal_conv_silu_channels_last(x, weight, bias), reference_conv_silu(x, weight, bias))
 
 
 # Layer tests ----------------------------------------------------------------

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .recipe import STAGES, RecipeError, load_recipe
+from .training.loop import NonFiniteLossError
 
 logger = logging.getLogger("manticore")
 
@@ -63,7 +64,8 @@ def run_command(args) -> None:
     stages = recipe.stages if args.command == "run" else [args.command]
     pipeline = Pipeline(recipe, overwrite=args.overwrite, resume=args.resume)
     pipeline.run(stages)
-    print(f"report: {write_report(pipeline.output)}")
+    if pipeline.state.is_main_process:
+        print(f"report: {write_report(pipeline.output)}")
 
 
 def main(argv=None) -> int:
@@ -79,6 +81,9 @@ def main(argv=None) -> int:
     except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ written next to the run's outputs so the run can be repeated.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,20 @@ STAGES = ("align", "search", "retrain", "baselines", "sweep", "evaluate")
 
 class RecipeError(ValueError):
     """A recipe field is missing, unknown, or of the wrong type or value."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads exponent floats without a dot (`2e-4`) as floats.
+
+    PyYAML follows YAML 1.1, which reads `2e-4` as a string, while YAML 1.2 reads it as a float.
+    """
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -99,7 +114,7 @@ class Recipe:
         """Check cross-field rules that single types cannot express."""
         _require(bool(self.hybrid.components), "hybrid.components", self.hybrid.components, "list at least one component")
         for stage in self.stages:
-            _require(stage in STAGES, "stages", self.stages, f"use stages from {', '.join(STAGES)}")
+            _require(stage in STAGES, "stages", self.stages, f"replace {stage!r} with one of {', '.join(STAGES)}")
         _require(self.hybrid.n_blocks >= 1, "hybrid.n_blocks", self.hybrid.n_blocks, "use 1 or more")
         _require(self.search.method in ("darts", "gaea", "gumbel"), "search.method", self.search.method, "use darts, gaea or gumbel")
         _require(self.search.mode in ("joint", "alternating", "bilevel"), "search.mode", self.search.mode,
@@ -107,10 +122,22 @@ class Recipe:
         _require(0 < self.data.validation_fraction < 1, "data.validation_fraction", self.data.validation_fraction,
                  "use a fraction between 0 and 1")
         _require(self.data.block_size >= 2, "data.block_size", self.data.block_size, "use 2 tokens or more")
+
         for name in ("align", "search", "retrain", "baselines", "sweep"):
             section = getattr(self, name)
             _require(section.steps >= 1, f"{name}.steps", section.steps, "use 1 or more")
             _require(section.batch_size >= 1, f"{name}.batch_size", section.batch_size, "use 1 or more")
+            _require(section.log_every >= 1, f"{name}.log_every", section.log_every, "use 1 or more")
+            _require(section.checkpoint_every >= 1, f"{name}.checkpoint_every", section.checkpoint_every, "use 1 or more")
+            _require(section.warmup_steps >= 0, f"{name}.warmup_steps", section.warmup_steps, "use 0 or more")
+        _require(self.sweep.points >= 2, "sweep.points", self.sweep.points, "use 2 or more grid points")
+
+        for name in ("align", "task", "validation", "test"):
+            source = getattr(self.data, name)
+            if source is not None:
+                _require(bool(source.source), f"data.{name}.source", source.source,
+                         "give a file, a folder or a dataset name")
+
         needs_task = {"search", "retrain", "baselines", "sweep", "evaluate"} & set(self.stages)
         if needs_task:
             _require(self.data.task is not None, "data.task", None, f"give a task dataset for stages {sorted(needs_task)}")
@@ -165,9 +192,13 @@ def from_mapping(cls, mapping, name: str = "recipe"):
         raise RecipeError(f"recipe field {name} = {mapping!r} has the wrong type: expected a mapping")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - known)
+    unknown = sorted(set(mapping) - known, key=str)
     if unknown:
-        raise RecipeError(f"unknown recipe field {name}.{unknown[0]}: valid fields are {', '.join(sorted(known))}")
+        key = unknown[0]
+        field_name = key if name == "recipe" else f"{name}.{key}"
+        raise RecipeError(
+            f"unknown recipe field {field_name} = {mapping[key]!r}: remove it or use one of {', '.join(sorted(known))}"
+        )
     values = {key: _convert(value, hints[key], f"{name}.{key}" if name != "recipe" else key) for key, value in mapping.items()}
     return cls(**values)
 
@@ -178,11 +209,21 @@ def apply_overrides(mapping: dict, overrides: list[str]) -> dict:
         key, separator, raw = override.partition("=")
         if not separator:
             raise RecipeError(f"override {override!r} is invalid: write it as key.subkey=value")
-        target = mapping
         *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(raw)
+        if not all(parents) or not leaf:
+            raise RecipeError(f"override {override!r} is invalid: write it as key.subkey=value")
+        target = mapping
+        for depth, parent in enumerate(parents):
+            if target.get(parent) is None:  # a missing section, or an empty one such as `task:`
+                target[parent] = {}
+            target = target[parent]
+            if not isinstance(target, dict):
+                prefix = ".".join(parents[: depth + 1])
+                raise RecipeError(
+                    f"override {override!r} is invalid: recipe field {prefix} = {target!r} is not a section, "
+                    "so it has no subfields to set"
+                )
+        target[leaf] = yaml.load(raw, Loader=RecipeLoader)
     return mapping
 
 
@@ -191,5 +232,10 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"recipe {str(path)!r} not found: pass the path of a YAML recipe")
-    mapping = yaml.safe_load(path.read_text()) or {}
+    try:
+        mapping = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"recipe {str(path)!r} is not valid YAML: fix the syntax ({error})") from error
+    if not isinstance(mapping, dict):
+        raise RecipeError(f"recipe {str(path)!r} holds {mapping!r}, not a mapping: write the recipe as key: value pairs")
     return from_mapping(Recipe, apply_overrides(mapping, list(overrides))).validate()

@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from manticore.kernels.selective_scan import kernel_available, selective_scan_channels_last, selective_state_step
+from manticore.kernels.selective_scan import (
+    causal_conv_silu_channels_last,
+    kernel_available,
+    selective_scan_channels_last,
+    selective_state_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +164,12 @@ def _last_conv_inputs(conv_input: torch.Tensor, kernel_size: int) -> torch.Tenso
 
 def _causal_conv(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply the causal depthwise convolution and its activation to x (B, T, Din), as transformers does."""
-    length = x.shape[1]
     weight = mixer.conv1d.weight  # (Din, 1, K)
     bias = mixer.conv1d.bias if mixer.use_conv_bias else None
+    if mixer.activation == "silu":
+        return causal_conv_silu_channels_last(x, weight, bias).to(x.dtype)
+
+    length = x.shape[1]
     # (B, T, Din) -> (B, Din, T); padding K - 1 on both sides, cut to the first T outputs.
     output = F.conv1d(
         x.transpose(1, 2).to(weight.dtype), weight, bias, padding=weight.shape[-1] - 1, groups=weight.shape[0]
@@ -186,6 +194,6 @@ def _mixer_forward(mixer, hidden_states, attention_mask):
         dt = dt + delta_bias.to(dt.dtype)
     dt = F.softplus(dt)
 
-    y, ssm_state = selective_scan_channels_last(x, dt, -torch.exp(mixer.A_log.float()), B, C)
-    y = (y + x * mixer.D.float()) * F.silu(gate)
+    A = -torch.exp(mixer.A_log.float())
+    y, ssm_state = selective_scan_channels_last(x, dt, A, B, C, D=mixer.D.float(), z=gate)
     return mixer.out_proj(y.to(dtype)), conv_state, ssm_state

@@ -1,5 +1,8 @@
 """Fused CPU selective scan for Mamba layers, with a torch fallback.
 
+The module also provides the causal depthwise convolution with SiLU that
+precedes the scan in a Mamba mixer, as a numba kernel in the same layout.
+
 Dimension letters used in shape comments:
 
 - B: batch size
@@ -22,10 +25,11 @@ the block, so that they vectorise. The forward kernel stores the state every
 recomputes one chunk of states into a thread-local buffer and sweeps
 backwards through it.
 
-The softplus, the delta bias, the D skip term and the gate are cheap torch
-operations on (B, T, Din) tensors around the kernel, so autograd computes
-their gradients. Without numba, or for tensors off the CPU, the scan runs as
-a sequential torch loop (:func:`reference_selective_scan`).
+The kernels also apply the D skip term and the gate, which saves several
+passes over (B, T, Din) tensors. The delta bias and the softplus are torch
+operations before the kernel, so autograd computes their gradients. Without
+numba, or for tensors off the CPU, the scan runs as a sequential torch loop
+(:func:`reference_selective_scan`).
 """
 
 from __future__ import annotations
@@ -207,12 +211,27 @@ if numba is not None:
                 state[n, j] = value
                 y_lane[j] = _fused_multiply_add(c_value, value, y_lane[j])
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
-    def _scan_forward_kernel(u, dt, a_t, b_mat, c_mat, initial, y, last, checkpoints, save_checkpoints, block_width):
-        """Run the scan and write y = C . h for every step.
+    @numba.njit(cache=True, fastmath=False)
+    def _write_output_row(out_row, y_lane, u_row, d_block, z_row, has_gate, lanes):
+        """Write (y + D * u) * silu(z) into out_row, or y + D * u without a gate."""
+        one = y_lane.dtype.type(1.0)
+        if has_gate:
+            for j in range(lanes):
+                gate = z_row[j] / (one + _vector_exp(-z_row[j]))
+                out_row[j] = _fused_multiply_add(d_block[j], u_row[j], y_lane[j]) * gate
+        else:
+            for j in range(lanes):
+                out_row[j] = _fused_multiply_add(d_block[j], u_row[j], y_lane[j])
 
-        Shapes: u, dt, y (B, T, Din). a_t (N, Din). b_mat, c_mat (B, T, N).
-        initial, last (B, N, Din). checkpoints (B, ceil(T / CHUNK), N, Din)
+    @numba.njit(parallel=True, cache=True, fastmath=False)
+    def _scan_forward_kernel(
+        u, dt, a_t, b_mat, c_mat, d_skip, z, has_gate, initial, out, last, checkpoints, save_checkpoints, block_width
+    ):
+        """Run the scan and write out = (C . h + D * u) * silu(z) for every step.
+
+        Shapes: u, dt, z, out (B, T, Din). a_t (N, Din). b_mat, c_mat
+        (B, T, N). d_skip (Din,). initial, last (B, N, Din). z is read only
+        when has_gate is set. checkpoints (B, ceil(T / CHUNK), N, Din)
         receives the state before each chunk when save_checkpoints is set.
         Each task scans block_width channels of one batch element.
         """
@@ -227,6 +246,7 @@ if numba is not None:
             state = np.empty((state_size, lanes), dtype=u.dtype)
             _load_columns(a_t, start, lanes, a_block)
             _load_columns(initial[b], start, lanes, state)
+            d_block = d_skip[start : start + lanes]
             dt_lane = np.empty(lanes, dtype=u.dtype)
             dtu_lane = np.empty(lanes, dtype=u.dtype)
             y_lane = np.empty(lanes, dtype=u.dtype)
@@ -239,9 +259,8 @@ if numba is not None:
                     dt_lane[j] = dt_row[j]
                     dtu_lane[j] = dt_row[j] * u_row[j]
                 _forward_step(state, y_lane, a_block, dt_lane, dtu_lane, b_mat[b, t], c_mat[b, t], lanes)
-                y_row = y[b, t, start : start + lanes]
-                for j in range(lanes):
-                    y_row[j] = y_lane[j]
+                z_row = z[b, t, start : start + lanes] if has_gate else u_row
+                _write_output_row(out[b, t, start : start + lanes], y_lane, u_row, d_block, z_row, has_gate, lanes)
             _store_columns(state, lanes, last[b], start)
 
     @numba.njit(cache=True, fastmath=False)
@@ -339,16 +358,53 @@ if numba is not None:
                     total_row[j] = _fused_multiply_add(value_row[n, j], weight, total_row[j])
 
     @numba.njit(cache=True, fastmath=False)
+    def _gate_gradients(grad_y_chunk, y_chunk, u_chunk, z_chunk, d_block, grad_z, b, first, steps, start, lanes):
+        """Turn the output gradient into the gradient of C . h and write the gradient of z.
+
+        On entry grad_y_chunk holds the gradient of out = (y + D * u) * silu(z)
+        and y_chunk holds y = C . h. On exit grad_y_chunk holds the gradient
+        of y, and grad_z[b, first:first + steps, start:start + lanes] the
+        gradient of z, with silu'(z) = s * (1 + z * (1 - s)) and s = sigmoid(z).
+        """
+        one = y_chunk.dtype.type(1.0)
+        for s in range(steps):
+            grad_row = grad_y_chunk[s]
+            y_row = y_chunk[s]
+            u_row = u_chunk[s]
+            z_row = z_chunk[s]
+            grad_z_row = grad_z[b, first + s, start : start + lanes]
+            for j in range(lanes):
+                sigmoid = one / (one + _vector_exp(-z_row[j]))
+                skip_output = _fused_multiply_add(d_block[j], u_row[j], y_row[j])
+                silu_slope = sigmoid * _fused_multiply_add(z_row[j], one - sigmoid, one)
+                grad_z_row[j] = grad_row[j] * skip_output * silu_slope
+                grad_row[j] = grad_row[j] * z_row[j] * sigmoid
+
+    @numba.njit(cache=True, fastmath=False)
+    def _accumulate_grad_d(grad_d, grad_y_chunk, u_chunk, steps, lanes):
+        """Add the sum over steps of grad_y * u to grad_d (lanes,)."""
+        for s in range(steps):
+            grad_row = grad_y_chunk[s]
+            u_row = u_chunk[s]
+            for j in range(lanes):
+                grad_d[j] = _fused_multiply_add(grad_row[j], u_row[j], grad_d[j])
+
+    @numba.njit(cache=True, fastmath=False)
     def _store_input_gradients(
-        grad_u, grad_dt, b_sums, exponent_sums, dt_chunk, u_chunk, b, first, steps, start, lanes
+        grad_u, grad_dt, b_sums, exponent_sums, grad_y_chunk, d_block, dt_chunk, u_chunk, b, first, steps, start, lanes
     ):
-        """Write grad_u = dt * S and grad_dt = u * S + sum_n(grad_exponent * A), where S = sum_n(grad_h * B)."""
+        """Write grad_u and grad_dt for one chunk.
+
+        With S = sum_n(grad_h * B): grad_u = dt * S + grad_y * D and
+        grad_dt = u * S + sum_n(grad_exponent * A).
+        """
         for s in range(steps):
             grad_u_row = grad_u[b, first + s, start : start + lanes]
             b_sum = b_sums[s]
             dt_row = dt_chunk[s]
+            grad_y_row = grad_y_chunk[s]
             for j in range(lanes):
-                grad_u_row[j] = b_sum[j] * dt_row[j]
+                grad_u_row[j] = _fused_multiply_add(grad_y_row[j], d_block[j], b_sum[j] * dt_row[j])
             grad_dt_row = grad_dt[b, first + s, start : start + lanes]
             exponent_sum = exponent_sums[s]
             u_row = u_chunk[s]
@@ -367,19 +423,20 @@ if numba is not None:
 
     @numba.njit(parallel=True, cache=True, fastmath=False)
     def _scan_backward_kernel(
-        u, dt, a_t, b_mat, c_mat, checkpoints, grad_y, grad_last, block_width,
-        grad_u, grad_dt, grad_a_parts, grad_b_parts, grad_c_parts, grad_initial,
+        u, dt, a_t, b_mat, c_mat, d_skip, z, has_gate, checkpoints, grad_out, grad_last, block_width,
+        grad_u, grad_dt, grad_z, grad_a_parts, grad_b_parts, grad_c_parts, grad_d_parts, grad_initial,
     ):  # fmt: skip
         """Compute the gradients of the scan from the forward checkpoints.
 
-        Shapes as in the forward kernel, and: grad_y, grad_u, grad_dt
-        (B, T, Din). grad_last, grad_initial, grad_a_parts (B, N, Din), where
-        grad_a_parts contains one term per batch element. grad_b_parts and
-        grad_c_parts (G, B, T, N) contain one term per group G of channel blocks,
-        and the caller sums them. One task handles one group of one batch
-        element and walks the chunks backwards, all blocks of the group per
-        chunk, so that the gradients of B and C are summed over channels in
-        the task's buffers.
+        Shapes as in the forward kernel, and: grad_out, grad_u, grad_dt,
+        grad_z (B, T, Din), where grad_z is written only when has_gate is set.
+        grad_last, grad_initial, grad_a_parts (B, N, Din) and grad_d_parts
+        (B, Din), where the parts contain one term per batch element.
+        grad_b_parts and grad_c_parts (G, B, T, N) contain one term per group
+        G of channel blocks. The caller sums the parts. One task handles one
+        group of one batch element and walks the chunks backwards, all blocks
+        of the group per chunk, so that the gradients of B and C are summed
+        over channels in the task's buffers.
         """
         batch, length, width = u.shape
         state_size = a_t.shape[0]
@@ -400,13 +457,16 @@ if numba is not None:
             dt_chunk = np.empty((CHUNK, block_width), dtype=dtype)
             u_chunk = np.empty((CHUNK, block_width), dtype=dtype)
             dtu_chunk = np.empty((CHUNK, block_width), dtype=dtype)
+            z_chunk = np.empty((CHUNK, block_width), dtype=dtype)
+            y_chunk = np.empty((CHUNK, block_width), dtype=dtype)
             grad_y_chunk = np.empty((CHUNK, block_width), dtype=dtype)
             b_sums = np.empty((CHUNK, block_width), dtype=dtype)
             exponent_sums = np.empty((CHUNK, block_width), dtype=dtype)
-            # Per-block values that live across chunks: (blocks, N, block_width).
+            # Per-block values that live across chunks: (blocks, N, block_width) and (blocks, block_width).
             a_blocks = np.zeros((blocks, state_size, block_width), dtype=dtype)
             carry = np.zeros((blocks, state_size, block_width), dtype=dtype)
             grad_a = np.zeros((blocks, state_size, block_width), dtype=dtype)
+            grad_d = np.zeros((blocks, block_width), dtype=dtype)
             for block in range(group, blocks, groups):
                 start = block * block_width
                 lanes = min(block_width, width - start)
@@ -423,9 +483,10 @@ if numba is not None:
                     start = block * block_width
                     lanes = min(block_width, width - start)
                     a_block = a_blocks[block]
+                    d_block = d_skip[start : start + lanes]
                     _load_chunk(dt, b, first, steps, start, lanes, dt_chunk)
                     _load_chunk(u, b, first, steps, start, lanes, u_chunk)
-                    _load_chunk(grad_y, b, first, steps, start, lanes, grad_y_chunk)
+                    _load_chunk(grad_out, b, first, steps, start, lanes, grad_y_chunk)
                     for s in range(steps):
                         dt_row = dt_chunk[s]
                         u_row = u_chunk[s]
@@ -434,6 +495,12 @@ if numba is not None:
                             dtu_row[j] = dt_row[j] * u_row[j]
                     _load_columns(checkpoints[b, chunk], start, lanes, states[0])
                     _recompute_chunk(states, decays, a_block, dt_chunk, dtu_chunk, b_rows, steps, lanes)
+                    if has_gate:
+                        _load_chunk(z, b, first, steps, start, lanes, z_chunk)
+                        _sum_times_rows(y_chunk, states[1:], c_rows, steps, lanes)
+                        _gate_gradients(grad_y_chunk, y_chunk, u_chunk, z_chunk, d_block, grad_z, b, first, steps, start, lanes)
+                    # From here on grad_y_chunk is the gradient of y = C . h.
+                    _accumulate_grad_d(grad_d[block], grad_y_chunk, u_chunk, steps, lanes)
                     _sweep_chunk(grad_states, carry[block], decays, grad_y_chunk, c_rows, steps, lanes)
 
                     # h_t is states[s + 1] and h_{t-1} is states[s].
@@ -444,8 +511,9 @@ if numba is not None:
                     _accumulate_grad_a(grad_a[block], decays, dt_chunk, steps, lanes)
                     _sum_times_columns(exponent_sums, decays, a_block, steps, lanes)
                     _store_input_gradients(
-                        grad_u, grad_dt, b_sums, exponent_sums, dt_chunk, u_chunk, b, first, steps, start, lanes
-                    )
+                        grad_u, grad_dt, b_sums, exponent_sums, grad_y_chunk, d_block, dt_chunk, u_chunk,
+                        b, first, steps, start, lanes,
+                    )  # fmt: skip
                 _sum_lanes(grad_b_parts[group, b], grad_b_chunk, first, steps)
                 _sum_lanes(grad_c_parts[group, b], grad_c_chunk, first, steps)
             for block in range(group, blocks, groups):
@@ -453,6 +521,106 @@ if numba is not None:
                 lanes = min(block_width, width - start)
                 _store_columns(grad_a[block], lanes, grad_a_parts[b], start)
                 _store_columns(carry[block], lanes, grad_initial[b], start)
+                grad_d_row = grad_d_parts[b, start : start + lanes]
+                for j in range(lanes):
+                    grad_d_row[j] = grad_d[block, j]
+
+    @numba.njit(cache=True, fastmath=False)
+    def _conv_row(pre, x_rows, weight_t, bias, t):
+        """Write bias + sum_k weight_t[k] * x_rows[t - K + 1 + k] (zero before the start) into pre (Din,)."""
+        taps = weight_t.shape[0]
+        for d in range(pre.shape[0]):
+            pre[d] = bias[d]
+        for k in range(taps):
+            source = t - taps + 1 + k
+            if source >= 0:
+                x_row = x_rows[source]
+                weight_row = weight_t[k]
+                for d in range(pre.shape[0]):
+                    pre[d] = _fused_multiply_add(weight_row[d], x_row[d], pre[d])
+
+    @numba.njit(cache=True, fastmath=False)
+    def _silu_row(out_row, pre):
+        one = pre.dtype.type(1.0)
+        for d in range(pre.shape[0]):
+            out_row[d] = pre[d] / (one + _vector_exp(-pre[d]))
+
+    @numba.njit(cache=True, fastmath=False)
+    def _silu_gradient_row(grad_pre_row, grad_out_row, pre):
+        """Write grad_out * silu'(pre), where silu'(p) = s * (1 + p * (1 - s)) and s = sigmoid(p)."""
+        one = pre.dtype.type(1.0)
+        for d in range(pre.shape[0]):
+            sigmoid = one / (one + _vector_exp(-pre[d]))
+            grad_pre_row[d] = grad_out_row[d] * sigmoid * _fused_multiply_add(pre[d], one - sigmoid, one)
+
+    @numba.njit(parallel=True, cache=True, fastmath=False)
+    def _conv_silu_forward_kernel(x, weight_t, bias, out, rows_per_task):
+        """Write silu(causal depthwise convolution of x) into out.
+
+        Shapes: x, out (B, T, Din). weight_t (K, Din), where output t reads
+        inputs t - K + 1 to t. bias (Din,).
+        """
+        batch, length, width = x.shape
+        tasks_per_batch = (length + rows_per_task - 1) // rows_per_task
+        for task in prange(batch * tasks_per_batch):
+            b = task // tasks_per_batch
+            first = (task % tasks_per_batch) * rows_per_task
+            pre = np.empty(width, dtype=x.dtype)
+            for t in range(first, min(length, first + rows_per_task)):
+                _conv_row(pre, x[b], weight_t, bias, t)
+                _silu_row(out[b, t], pre)
+
+    @numba.njit(parallel=True, cache=True, fastmath=False)
+    def _conv_silu_backward_kernel(x, weight_t, bias, grad_out, rows_per_task, grad_x, grad_weight_parts, grad_bias_parts):
+        """Compute the gradients of the fused convolution and SiLU.
+
+        Shapes as in the forward kernel, and: grad_out, grad_x (B, T, Din).
+        grad_weight_parts (tasks, K, Din) and grad_bias_parts (tasks, Din)
+        receive one term per task, and the caller sums them. Each task
+        recomputes the pre-activation of its rows and of the K - 1 rows after
+        them, which its input gradients read.
+        """
+        batch, length, width = x.shape
+        taps = weight_t.shape[0]
+        tasks_per_batch = (length + rows_per_task - 1) // rows_per_task
+        for task in prange(batch * tasks_per_batch):
+            b = task // tasks_per_batch
+            first = (task % tasks_per_batch) * rows_per_task
+            last = min(length, first + rows_per_task)
+            pre = np.empty(width, dtype=x.dtype)
+            # Gradient of the pre-activation for rows first to first + rows_per_task + K - 2.
+            grad_pre = np.empty((rows_per_task + taps - 1, width), dtype=x.dtype)
+            for t in range(first, min(length, last + taps - 1)):
+                _conv_row(pre, x[b], weight_t, bias, t)
+                _silu_gradient_row(grad_pre[t - first], grad_out[b, t], pre)
+
+            grad_weight = grad_weight_parts[task]
+            grad_bias = grad_bias_parts[task]
+            grad_weight[:, :] = 0.0
+            grad_bias[:] = 0.0
+            for t in range(first, last):
+                grad_row = grad_pre[t - first]
+                for d in range(width):
+                    grad_bias[d] += grad_row[d]
+                for k in range(taps):
+                    source = t - taps + 1 + k
+                    if source >= 0:
+                        x_row = x[b, source]
+                        weight_grad_row = grad_weight[k]
+                        for d in range(width):
+                            weight_grad_row[d] = _fused_multiply_add(grad_row[d], x_row[d], weight_grad_row[d])
+
+            for t in range(first, last):
+                grad_x_row = grad_x[b, t]
+                for d in range(width):
+                    grad_x_row[d] = 0.0
+                for k in range(taps):
+                    target = t + taps - 1 - k
+                    if target < length:
+                        grad_row = grad_pre[target - first]
+                        weight_row = weight_t[k]
+                        for d in range(width):
+                            grad_x_row[d] = _fused_multiply_add(weight_row[d], grad_row[d], grad_x_row[d])
 
 
 def _set_kernel_threads() -> None:
@@ -481,27 +649,30 @@ def _backward_groups(batch: int, width: int, block_width: int) -> int:
     return max(1, min(blocks, -(-min_tasks // max(batch, 1))))
 
 
-def _run_forward(u, dt, A, B, C, initial_state, save_checkpoints):
-    """Run the forward kernel on (B, T, Din) inputs and return numpy y, last state and checkpoints."""
+def _run_forward(u, dt, A, B, C, D, z, initial_state, save_checkpoints):
+    """Run the forward kernel on (B, T, Din) inputs and return numpy output, last state and checkpoints."""
     batch, length, width = u.shape
     state_size = A.shape[1]
-    dtype = _as_array(u).dtype
+    u_array = _as_array(u)
+    dtype = u_array.dtype
     # Kernel layout of A and of the states: (N, Din) and (B, N, Din).
     a_t = _as_array(A.t())
     if initial_state is None:
         initial = np.zeros((batch, state_size, width), dtype=dtype)
     else:
         initial = _as_array(initial_state.transpose(1, 2))
-    y = np.empty((batch, length, width), dtype=dtype)
+    d_skip = np.zeros(width, dtype=dtype) if D is None else _as_array(D)
+    z_array = np.empty((0, 0, 0), dtype=dtype) if z is None else _as_array(z)
+    out = np.empty((batch, length, width), dtype=dtype)
     last = np.empty((batch, state_size, width), dtype=dtype)
     chunks = -(-length // CHUNK) if save_checkpoints else 0
     checkpoints = np.empty((batch, chunks, state_size, width), dtype=dtype)
     _set_kernel_threads()
     _scan_forward_kernel(
-        _as_array(u), _as_array(dt), a_t, _as_array(B), _as_array(C), initial, y, last,
-        checkpoints, save_checkpoints, _block_width(batch, width),
+        u_array, _as_array(dt), a_t, _as_array(B), _as_array(C), d_skip, z_array, z is not None,
+        initial, out, last, checkpoints, save_checkpoints, _block_width(batch, width),
     )  # fmt: skip
-    return y, last, checkpoints
+    return out, last, checkpoints
 
 
 def _sum_groups(parts: np.ndarray) -> torch.Tensor:
@@ -511,68 +682,141 @@ def _sum_groups(parts: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(parts).sum(dim=0)
 
 
-def _run_backward(u, dt, A, B, C, checkpoints, grad_y, grad_last):
-    """Run the backward kernel and return the gradients of u, dt, A, B, C and the initial state."""
+def _run_backward(u, dt, A, B, C, D, z, checkpoints, grad_out, grad_last):
+    """Run the backward kernel and return the gradients of u, dt, A, B, C, D, z and the initial state."""
     batch, length, width = u.shape
     state_size = A.shape[1]
-    dtype = _as_array(u).dtype
-    if grad_y is None:
-        grad_y_array = np.zeros((batch, length, width), dtype)
+    u_array = _as_array(u)
+    dtype = u_array.dtype
+    if grad_out is None:
+        grad_out_array = np.zeros((batch, length, width), dtype)
     else:
-        grad_y_array = _as_array(grad_y.to(u.dtype))
+        grad_out_array = _as_array(grad_out.to(u.dtype))
     if grad_last is None:
         grad_last_array = np.zeros((batch, state_size, width), dtype)
     else:
         # (B, Din, N) -> (B, N, Din)
         grad_last_array = _as_array(grad_last.to(u.dtype).transpose(1, 2))
+    d_skip = np.zeros(width, dtype=dtype) if D is None else _as_array(D)
+    z_array = np.empty((0, 0, 0), dtype=dtype) if z is None else _as_array(z)
 
     _set_kernel_threads()
     block_width = _block_width(batch, width)
     groups = _backward_groups(batch, width, block_width)
     grad_u = np.empty((batch, length, width), dtype)
     grad_dt = np.empty((batch, length, width), dtype)
+    grad_z = np.empty((batch, length, width) if z is not None else (0, 0, 0), dtype)
     grad_a_parts = np.empty((batch, state_size, width), dtype)
     grad_b_parts = np.empty((groups, batch, length, state_size), dtype)
     grad_c_parts = np.empty((groups, batch, length, state_size), dtype)
+    grad_d_parts = np.empty((batch, width), dtype)
     grad_initial = np.empty((batch, state_size, width), dtype)
     _scan_backward_kernel(
-        _as_array(u), _as_array(dt), _as_array(A.t()), _as_array(B), _as_array(C),
-        checkpoints, grad_y_array, grad_last_array, block_width,
-        grad_u, grad_dt, grad_a_parts, grad_b_parts, grad_c_parts, grad_initial,
+        u_array, _as_array(dt), _as_array(A.t()), _as_array(B), _as_array(C), d_skip, z_array, z is not None,
+        checkpoints, grad_out_array, grad_last_array, block_width,
+        grad_u, grad_dt, grad_z, grad_a_parts, grad_b_parts, grad_c_parts, grad_d_parts, grad_initial,
     )  # fmt: skip
 
-    # Sum the per-batch and per-group terms: (B, N, Din) -> (Din, N) and
-    # (G, B, T, N) -> (B, T, N). The initial state goes back to (B, Din, N).
-    grad_A = torch.from_numpy(grad_a_parts).sum(dim=0).t()
-    grad_B = _sum_groups(grad_b_parts)
-    grad_C = _sum_groups(grad_c_parts)
-    grad_state = torch.from_numpy(grad_initial).transpose(1, 2)
-    return torch.from_numpy(grad_u), torch.from_numpy(grad_dt), grad_A, grad_B, grad_C, grad_state
+    # Sum the per-batch and per-group terms: (B, N, Din) -> (Din, N),
+    # (G, B, T, N) -> (B, T, N) and (B, Din) -> (Din,). The initial state
+    # goes back to (B, Din, N).
+    return {
+        "u": torch.from_numpy(grad_u),
+        "dt": torch.from_numpy(grad_dt),
+        "A": torch.from_numpy(grad_a_parts).sum(dim=0).t(),
+        "B": _sum_groups(grad_b_parts),
+        "C": _sum_groups(grad_c_parts),
+        "D": torch.from_numpy(grad_d_parts).sum(dim=0),
+        "z": torch.from_numpy(grad_z) if z is not None else None,
+        "initial_state": torch.from_numpy(grad_initial).transpose(1, 2),
+    }
 
 
 class _SelectiveScanFunction(torch.autograd.Function):
-    """Autograd wrapper of the numba kernels on channels-last (B, T, Din) inputs."""
+    """Autograd wrapper of the numba scan kernels on channels-last (B, T, Din) inputs."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, initial_state, save_checkpoints):
+    def forward(ctx, u, dt, A, B, C, D, z, initial_state, save_checkpoints):
         ctx.set_materialize_grads(False)
-        y, last, checkpoints = _run_forward(u, dt, A, B, C, initial_state, save_checkpoints)
+        out, last, checkpoints = _run_forward(u, dt, A, B, C, D, z, initial_state, save_checkpoints)
         if save_checkpoints:
-            ctx.save_for_backward(u, dt, A, B, C)
+            ctx.save_for_backward(u, dt, A, B, C, D, z)
             ctx.checkpoints = checkpoints
             ctx.has_initial_state = initial_state is not None
         # (B, N, Din) -> (B, Din, N)
         last_state = torch.from_numpy(last).transpose(1, 2).contiguous()
-        return torch.from_numpy(y), last_state
+        return torch.from_numpy(out), last_state
 
     @staticmethod
-    def backward(ctx, grad_y, grad_last):
-        u, dt, A, B, C = ctx.saved_tensors
-        grads = _run_backward(u, dt, A, B, C, ctx.checkpoints, grad_y, grad_last)
-        grad_u, grad_dt, grad_A, grad_B, grad_C, grad_state = grads
-        if not ctx.has_initial_state:
-            grad_state = None
-        return grad_u, grad_dt, grad_A, grad_B, grad_C, grad_state, None
+    def backward(ctx, grad_out, grad_last):
+        u, dt, A, B, C, D, z = ctx.saved_tensors
+        grads = _run_backward(u, dt, A, B, C, D, z, ctx.checkpoints, grad_out, grad_last)
+        grad_D = grads["D"] if D is not None else None
+        grad_initial = grads["initial_state"] if ctx.has_initial_state else None
+        return grads["u"], grads["dt"], grads["A"], grads["B"], grads["C"], grad_D, grads["z"], grad_initial, None
+
+
+def _conv_rows_per_task(batch: int, length: int) -> int:
+    """Return the time steps per convolution task: at most 64, fewer when the batch gives too few tasks."""
+    min_tasks = _TASKS_PER_THREAD * numba.get_num_threads()
+    tasks_per_batch = -(-min_tasks // max(batch, 1))
+    return max(1, min(64, -(-length // tasks_per_batch)))
+
+
+class _CausalConvSiLUFunction(torch.autograd.Function):
+    """Autograd wrapper of the numba causal-convolution kernels on channels-last (B, T, Din) inputs."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        batch, length, width = x.shape
+        # (Din, 1, K) -> (K, Din)
+        weight_t = _as_array(weight[:, 0, :].t())
+        bias_array = np.zeros(width, weight_t.dtype) if bias is None else _as_array(bias)
+        out = np.empty((batch, length, width), dtype=weight_t.dtype)
+        _set_kernel_threads()
+        _conv_silu_forward_kernel(_as_array(x), weight_t, bias_array, out, _conv_rows_per_task(batch, length))
+        ctx.save_for_backward(x, weight, bias)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias = ctx.saved_tensors
+        batch, length, width = x.shape
+        weight_t = _as_array(weight[:, 0, :].t())
+        bias_array = np.zeros(width, weight_t.dtype) if bias is None else _as_array(bias)
+        _set_kernel_threads()
+        rows_per_task = _conv_rows_per_task(batch, length)
+        tasks = batch * -(-length // rows_per_task)
+        grad_x = np.empty((batch, length, width), dtype=weight_t.dtype)
+        grad_weight_parts = np.empty((tasks, weight_t.shape[0], width), dtype=weight_t.dtype)
+        grad_bias_parts = np.empty((tasks, width), dtype=weight_t.dtype)
+        _conv_silu_backward_kernel(
+            _as_array(x), weight_t, bias_array, _as_array(grad_out), rows_per_task,
+            grad_x, grad_weight_parts, grad_bias_parts,
+        )  # fmt: skip
+
+        # (tasks, K, Din) -> (Din, 1, K)
+        grad_weight = torch.from_numpy(grad_weight_parts).sum(dim=0).t().unsqueeze(1)
+        grad_bias = None if bias is None else torch.from_numpy(grad_bias_parts).sum(dim=0)
+        return torch.from_numpy(grad_x), grad_weight, grad_bias
+
+
+def causal_conv_silu_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Apply a causal depthwise convolution and SiLU to channels-last x (B, T, Din).
+
+    weight is a depthwise ``nn.Conv1d`` weight (Din, 1, K) and bias is (Din,)
+    or None. Output t reads inputs t - K + 1 to t, as ``F.conv1d`` with padding
+    K - 1 cut to the first T outputs. Uses the numba kernel for float32 and
+    float64 CPU tensors of one dtype when it is available, else torch's conv1d.
+    """
+    same_dtype = x.dtype == weight.dtype and (bias is None or bias.dtype == weight.dtype)
+    if same_dtype and x.dtype in (torch.float32, torch.float64) and _kernel_applies(x, weight, bias):
+        return _CausalConvSiLUFunction.apply(x, weight, bias)
+
+    length = x.shape[1]
+    # (B, T, Din) -> (B, Din, T) -> (B, T, Din)
+    output = F.conv1d(x.transpose(1, 2).to(weight.dtype), weight, bias, padding=weight.shape[-1] - 1, groups=weight.shape[0])
+    return F.silu(output[:, :, :length]).transpose(1, 2)
 
 
 def kernel_available() -> bool:
@@ -607,14 +851,16 @@ def _check_kernel() -> bool:
 
 
 def _compile_float32_kernels() -> None:
-    """Run the forward and backward kernels once on tiny float32 inputs."""
+    """Run the scan and convolution kernels, forward and backward, once on tiny float32 inputs."""
     u = torch.zeros(1, 2, 3, requires_grad=True)
     A = -torch.ones(3, 2)
     B = torch.zeros(1, 2, 2)
+    weight = torch.ones(3, 1, 4, requires_grad=True)
     # Callers may ask for the first time under torch.no_grad().
     with torch.enable_grad():
-        y, last = _SelectiveScanFunction.apply(u, torch.ones(1, 2, 3), A, B, B, None, True)
-        (y.sum() + last.sum()).backward()
+        out, last = _SelectiveScanFunction.apply(u, torch.ones(1, 2, 3), A, B, B, torch.ones(3), u, None, True)
+        (out.sum() + last.sum()).backward()
+        _CausalConvSiLUFunction.apply(u, weight, torch.zeros(3)).sum().backward()
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -635,31 +881,36 @@ def selective_scan_channels_last(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scan channels-last inputs and return y = C . h (without D and gate) and the last state.
+    """Scan channels-last inputs and return the output (C . h + D * u) * silu(z) and the last state.
 
-    u and dt are (B, T, Din), with dt already positive (after bias and
-    softplus). A is (Din, N), B and C are (B, T, N), initial_state is
-    (B, Din, N). Returns y (B, T, Din) and the last state (B, Din, N), both in
-    float64 if an input is float64, else in float32. Uses the numba kernel on
-    CPU when it is available, else a sequential torch loop.
+    u, dt and z are (B, T, Din), with dt already positive (after bias and
+    softplus). A is (Din, N), B and C are (B, T, N), D is (Din,),
+    initial_state is (B, Din, N). Without D the skip term is left out, and
+    without z the gate. Returns the output (B, T, Din) and the last state
+    (B, Din, N), both in float64 if an input is float64, else in float32.
+    Uses the numba kernel on CPU when it is available, else a sequential
+    torch loop.
     """
-    dtype = _compute_dtype(u, dt, A, B, C, initial_state)
-    tensors = [u, dt, A, B, C, initial_state]
-    u, dt, A, B, C, initial_state = [None if t is None else t.to(dtype) for t in tensors]
+    dtype = _compute_dtype(u, dt, A, B, C, D, z, initial_state)
+    tensors = [u, dt, A, B, C, D, z, initial_state]
+    u, dt, A, B, C, D, z, initial_state = [None if t is None else t.to(dtype) for t in tensors]
 
-    if not _kernel_applies(u, dt, A, B, C, initial_state):
+    if not _kernel_applies(u, dt, A, B, C, D, z, initial_state):
         # (B, T, Din) -> (B, Din, T) and (B, T, N) -> (B, N, T) for the reference layout.
-        y, last = reference_selective_scan(
+        out, last = reference_selective_scan(
             u.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+            D=D, z=None if z is None else z.transpose(1, 2),
             initial_state=initial_state, return_last_state=True,
         )  # fmt: skip
-        return y.transpose(1, 2), last
+        return out.transpose(1, 2), last
 
-    inputs = [u, dt, A, B, C, initial_state]
+    inputs = [u, dt, A, B, C, D, z, initial_state]
     save_checkpoints = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _SelectiveScanFunction.apply(u, dt, A, B, C, initial_state, save_checkpoints)
+    return _SelectiveScanFunction.apply(u, dt, A, B, C, D, z, initial_state, save_checkpoints)
 
 
 def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
@@ -714,17 +965,14 @@ def selective_scan(
         dt = F.softplus(dt)
 
     # (B, Din, T) -> (B, T, Din) and (B, N, T) -> (B, T, N)
-    y, last_state = selective_scan_channels_last(
-        u.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), initial_state
-    )
-    y = y.transpose(1, 2)
-    if D is not None:
-        y = y + u * D[:, None]
-    if z is not None:
-        y = y * F.silu(z)
+    out, last_state = selective_scan_channels_last(
+        u.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+        D=D, z=None if z is None else z.transpose(1, 2), initial_state=initial_state,
+    )  # fmt: skip
+    out = out.transpose(1, 2)
     if return_last_state:
-        return y, last_state
-    return y
+        return out, last_state
+    return out
 
 
 def selective_state_step(

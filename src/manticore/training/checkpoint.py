@@ -79,8 +79,17 @@ def save_checkpoint(directory: Path, model, stateful: dict, extra: dict) -> Path
     save_file(tensors, staging / "optimizers.safetensors")
     (staging / "state.json").write_text(json.dumps({"extra": extra, "stateful": skeleton}, indent=1))
     _replace_directory(staging, target)
+    _remove_stale_staging(directory)
     logger.info("checkpoint at step %s written to %s", extra.get("step"), target)
     return target
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Delete staging folders left behind by an interrupted save. Loading never reads them."""
+    for stale in directory.glob(".checkpoint-*"):
+        if stale.is_dir():
+            logger.info("removing %s, left by an interrupted checkpoint save", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _replace_directory(staging: Path, target: Path) -> None:

@@ -9,6 +9,9 @@ Search modes (how weights and mixture weights are updated):
     joint        one loss, both optimisers step (first-order DARTS, the default)
     alternating  weights on even steps, mixture weights on odd steps
     bilevel      weights on a training batch, mixture weights on a held-out batch
+
+Steps count from 0 in the code (even and odd above) and from 1 in metrics,
+checkpoints and error messages, where step n names the n-th update.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
@@ -53,6 +58,30 @@ class LoopSettings:
     search_mode: str = "joint"
 
 
+def default_accelerator() -> Accelerator:
+    """Return an `Accelerator` that also runs multi-process on CPU-only machines.
+
+    Under `torchrun`, accelerate 1.16 starts gloo only when asked for CPU
+    (`cpu=True`). Without it, every process trains alone on the full batch.
+    Unused parameters are allowed because a fixed mixture weight of 0 or 1
+    skips a component or its projectors, and DDP would otherwise raise on the
+    second step.
+    """
+    return Accelerator(
+        cpu=_cpu_only(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def distributed_state() -> PartialState:
+    """Return the process state that `default_accelerator` uses, for the process index and barriers."""
+    return PartialState(cpu=_cpu_only())
+
+
+def _cpu_only() -> bool:
+    return not torch.accelerator.is_available()
+
+
 def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """Example indices of global batch `step`: a fresh permutation each epoch, drop-last."""
     per_epoch = n_examples // batch_size
@@ -81,7 +110,7 @@ class TrainingLoop:
     def __init__(self, model, train_data, settings: LoopSettings, output_dir: Path, stage: str, metrics: MetricsWriter,
                  weight_parameters, mixture_parameters=(), mixture_kind: str = "softmax", held_out=None,
                  accelerator: Accelerator | None = None):
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or default_accelerator()
         self.settings, self.stage, self.metrics = settings, stage, metrics
         self.output_dir = Path(output_dir)
         self.train_data, self.held_out = train_data, held_out
@@ -114,7 +143,11 @@ class TrainingLoop:
         if s.batch_size % world:
             raise ValueError(f"batch_size {s.batch_size} cannot be shared evenly by {world} processes: use a multiple of {world}")
         if s.search_mode == "bilevel" and (self.held_out is None or len(self.held_out) < s.batch_size):
-            raise ValueError("bilevel search needs held-out data with at least one batch: set search.held_out_fraction")
+            held_out_blocks = 0 if self.held_out is None else len(self.held_out)
+            raise ValueError(
+                f"bilevel search needs held-out data of at least batch_size={s.batch_size} blocks, got {held_out_blocks}: "
+                "pass held_out (a recipe takes it from data.validation or data.validation_fraction)"
+            )
 
     def _local_batch(self, data, step, seed_offset=0):
         indices = batch_indices(len(data), self.settings.batch_size, self.settings.seed + seed_offset, step)
@@ -126,10 +159,13 @@ class TrainingLoop:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         loss = self.model(**batch).loss
-        if not torch.isfinite(loss):
+        # Every process checks the sum over all processes, so all of them raise together
+        # and none waits forever in the next gradient all-reduce.
+        if not torch.isfinite(self.accelerator.reduce(loss.detach().clone(), "sum")):
             raise NonFiniteLossError(
-                f"stage {self.stage!r}: loss is {loss.item()} at step {step}; the last good checkpoint in "
-                f"{self.output_dir / CHECKPOINT_DIR} is kept: lower the learning rate and rerun with --resume"
+                f"stage {self.stage!r}: the loss is {loss.item()} at step {step + 1}, so training stopped. "
+                f"Any checkpoint in {self.output_dir / CHECKPOINT_DIR} predates that step and is kept. "
+                "Lower the learning rate and rerun with --resume."
             )
         self.accelerator.backward(loss)
         if self.settings.max_grad_norm and "weights" in names:
@@ -137,19 +173,33 @@ class TrainingLoop:
         for name in names:
             if name in self.optimizers:
                 self.optimizers[name].step()
-                self.schedulers[name].step()
         return loss.detach()
 
     def _step(self, step):
         batch = self._local_batch(self.train_data, step)
         mode = self.settings.search_mode
         if "mixture" not in self.optimizers or mode == "joint":
-            return self._update(batch, step, list(self.optimizers))
-        if mode == "alternating":
-            return self._update(batch, step, ["weights" if step % 2 == 0 else "mixture"])
-        loss = self._update(batch, step, ["weights"])
-        self._update(self._local_batch(self.held_out, step, seed_offset=1), step, ["mixture"])
+            loss = self._update(batch, step, list(self.optimizers))
+        elif mode == "alternating":
+            loss = self._update(batch, step, ["weights" if step % 2 == 0 else "mixture"])
+        else:
+            loss = self._update(batch, step, ["weights"])
+            self._update(self._local_batch(self.held_out, step, seed_offset=1), step, ["mixture"])
+        self._advance_schedules()
         return loss
+
+    def _advance_schedules(self):
+        """Step every schedule once per loop step, so each rate depends on the loop step only.
+
+        In alternating search an optimiser skips every other step, but its schedule still
+        advances, so its rate reaches zero at `settings.steps` like the other's.
+        """
+        with warnings.catch_warnings():
+            # Raised once when a schedule steps before its optimiser's first step
+            # (the mixture schedule at step 0 of alternating search).
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            for scheduler in self.schedulers.values():
+                scheduler.step()
 
     def _log(self, step, loss, tokens, elapsed):
         values = {"loss": self.accelerator.reduce(loss, "mean").item(), "tokens": tokens, "seconds": elapsed}
@@ -162,40 +212,65 @@ class TrainingLoop:
             self.metrics.write(self.stage, step, values)
         return values
 
-    def _checkpoint(self, step, tokens, elapsed):
+    def _checkpoint(self, step, tokens, elapsed, loss):
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            extra = {"step": step, "tokens": tokens, "seconds": elapsed, "stage": self.stage}
+            extra = {"step": step, "tokens": tokens, "seconds": elapsed, "stage": self.stage, "loss": loss}
             save_checkpoint(self.output_dir, self.unwrapped, {**self.optimizers, **{f"{n}_schedule": s for n, s in self.schedulers.items()}}, extra)
         self.accelerator.wait_for_everyone()
 
     def _resume(self):
         stateful = {**self.optimizers, **{f"{n}_schedule": s for n, s in self.schedulers.items()}}
         extra = load_checkpoint(self.output_dir, self.unwrapped, stateful)
+        self._apply_learning_rates()
         if self.accelerator.is_main_process:
             self.metrics.drop_after(self.stage, extra["step"])
         logger.info("stage %s resumes at step %d", self.stage, extra["step"])
-        return extra["step"], extra["tokens"], extra["seconds"]
+        return extra["step"], extra["tokens"], extra["seconds"], extra.get("loss", math.nan)
 
-    def run(self, resume: bool = False) -> dict:
-        """Train for `settings.steps` steps; return the final loss, tokens and seconds."""
+    def _apply_learning_rates(self):
+        """Apply the settings' learning rates after loading a checkpoint, which stores the earlier run's rates.
+
+        A run resumed with a lower learning rate then uses it at the restored schedule position.
+        """
+        rates = {"weights": self.settings.learning_rate, "mixture": self.settings.mixture_learning_rate}
+        for name, scheduler in self.schedulers.items():
+            groups = self.optimizers[name].param_groups
+            scheduler.base_lrs = [rates[name]] * len(groups)
+            for group, factor in zip(groups, scheduler.lr_lambdas):
+                group["initial_lr"] = rates[name]
+                group["lr"] = rates[name] * factor(scheduler.last_epoch)
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train for `settings.steps` steps and return the last logged loss, tokens, seconds and steps done.
+
+        Args:
+            resume: continue from the checkpoint in `output_dir` when there is one.
+            stop_after: return once this many steps are done, without a checkpoint,
+                as an interruption would. The learning-rate schedule still spans
+                `settings.steps`.
+        """
         s = self.settings
-        start, tokens, elapsed = self._resume() if resume and (self.output_dir / CHECKPOINT_DIR).exists() else (0, 0, 0.0)
+        start, tokens, elapsed, loss_value = 0, 0, 0.0, math.nan
+        if resume and (self.output_dir / CHECKPOINT_DIR).exists():
+            start, tokens, elapsed, loss_value = self._resume()
+        stop = s.steps if stop_after is None else min(s.steps, stop_after)
         self.model.train()
         tokens_per_step = s.batch_size * len(self.train_data[0]["input_ids"])
-        last = {"loss": math.nan}
-        progress = tqdm(range(start, s.steps), desc=self.stage, disable=not self.accelerator.is_main_process, leave=False)
+        progress = tqdm(range(start, stop), desc=self.stage, disable=not self.accelerator.is_main_process, leave=False)
+        done = start
         for step in progress:
             began = time.perf_counter()
             loss = self._step(step)
             elapsed += time.perf_counter() - began
             tokens += tokens_per_step
-            if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
-                last = self._log(step + 1, loss, tokens, elapsed)
-                progress.set_postfix(loss=f"{last['loss']:.3f}")
-            if (step + 1) % s.checkpoint_every == 0 or step + 1 == s.steps:
-                self._checkpoint(step + 1, tokens, elapsed)
-        return {"loss": last["loss"], "tokens": tokens, "seconds": elapsed, "steps": s.steps}
+            done = step + 1
+            if done % s.log_every == 0 or done == s.steps:
+                loss_value = self._log(done, loss, tokens, elapsed)["loss"]
+                progress.set_postfix(loss=f"{loss_value:.3f}")
+            if done % s.checkpoint_every == 0 or done == s.steps:
+                self._checkpoint(done, tokens, elapsed, loss_value)
+        return {"loss": loss_value, "tokens": tokens, "seconds": elapsed, "steps": done}
 
 
 def _enumerate_matrix(matrix: torch.Tensor):

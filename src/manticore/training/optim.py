@@ -10,7 +10,9 @@ from torch.optim.lr_scheduler import LambdaLR
 class ExponentiatedGradient(Optimizer):
     """GAEA's exponentiated-gradient step for parameters kept on the simplex (last axis).
 
-    p <- normalise(max(p * exp(-lr * clamp(grad, -clip, clip)), floor))
+    p <- floored_simplex(p * exp(clamp(-lr * grad, -clip, clip)), floor)
+
+    Every row stays a probability vector with entries of at least `floor`.
     """
 
     def __init__(self, params, lr: float = 0.05, clip: float = 10.0, floor: float = 1e-5):
@@ -23,8 +25,37 @@ class ExponentiatedGradient(Optimizer):
                 if parameter.grad is None:
                     continue
                 exponent = (-group["lr"] * parameter.grad).clamp(-group["clip"], group["clip"])
-                updated = (parameter * exponent.exp()).clamp_min(group["floor"])
-                parameter.copy_(updated / updated.sum(-1, keepdim=True))
+                parameter.copy_(floored_simplex(parameter * exponent.exp(), group["floor"]))
+
+
+def floored_simplex(weights: torch.Tensor, floor: float) -> torch.Tensor:
+    """Scale each row of non-negative `weights` to sum to 1 with every entry at least `floor`.
+
+    Entries that would fall below `floor` are set to it, and the other entries share
+    the remaining mass in proportion to `weights`. Normalising first and clamping
+    after would break the sum, and clamping first and normalising after can push a
+    clamped entry back below `floor`.
+
+    Raises:
+        ValueError: `floor` times the row length exceeds 1.
+    """
+    size = weights.shape[-1]
+    if floor * size > 1:
+        raise ValueError(f"floor {floor} is too large for rows of {size} entries: use at most 1/{size}")
+    weights = weights.clamp_min(0)
+    pinned = torch.zeros_like(weights, dtype=torch.bool)
+    result = weights
+    # Each pass pins at least one more entry per row that is still below the floor, so `size` passes suffice.
+    for _ in range(size):
+        free = torch.where(pinned, torch.zeros_like(weights), weights)
+        free_total = free.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+        free_mass = 1 - floor * pinned.sum(-1, keepdim=True)
+        result = torch.where(pinned, torch.full_like(weights, floor), free * (free_mass / free_total))
+        below = (result < floor) & ~pinned
+        if not below.any():
+            break
+        pinned |= below
+    return result
 
 
 def linear_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:

@@ -29,12 +29,22 @@ from ..mixture import MixtureWeights
 from ..modeling import ManticoreForCausalLM
 from ..recipe import Recipe
 from ..tasks.text import load_text_dataset, pack_for_language_modeling, split_dataset
-from .loop import LoopSettings, TrainingLoop, evaluate_language_model
+from .loop import LoopSettings, TrainingLoop, distributed_state, evaluate_language_model
 from .metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
 SEARCH_MIXTURE_KIND = {"darts": "softmax", "gaea": "simplex", "gumbel": "gumbel"}
+
+# Data splits that each stage trains or evaluates on. Bilevel search also needs "validation".
+STAGE_SPLITS = {
+    "align": ("align",),
+    "search": ("train",),
+    "retrain": ("train",),
+    "baselines": ("train",),
+    "sweep": ("train", "validation"),
+    "evaluate": ("test",),
+}
 
 
 def peak_memory_mib() -> float:
@@ -42,15 +52,20 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def check_output_dir(output: Path, overwrite: bool, resume: bool) -> None:
+    """Raise if `output` contains an earlier run that neither `overwrite` nor `resume` allows touching."""
+    if output.exists() and any(output.iterdir()) and not (resume or overwrite):
+        raise FileExistsError(
+            f"output folder {str(output)!r} already contains a run: pass --overwrite to replace it, "
+            "--resume to continue it, or set output_dir to a new folder"
+        )
+
+
 def prepare_output_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
     """Create the output folder; never replace an earlier run without `overwrite`."""
     output = Path(recipe.output_dir)
+    check_output_dir(output, overwrite, resume)
     if output.exists() and any(output.iterdir()) and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"output folder {str(output)!r} already holds a run: pass --overwrite to replace it, "
-                "--resume to continue it, or set output_dir to a new folder"
-            )
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -58,12 +73,19 @@ def prepare_output_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
 
 
 class Pipeline:
-    """Run the stages a recipe lists, in order, resuming finished ones when asked."""
+    """Run the stages a recipe lists, in order, resuming finished ones when asked.
+
+    Nothing is written until `run` has loaded the data, so a recipe with a missing
+    data source leaves no output folder that a corrected rerun would have to overwrite.
+    Under `torchrun`, every process trains and only the main process writes files.
+    """
 
     def __init__(self, recipe: Recipe, overwrite: bool = False, resume: bool = False):
-        self.recipe, self.resume = recipe, resume
-        self.output = prepare_output_dir(recipe, overwrite, resume)
-        self.metrics = MetricsWriter(self.output)
+        self.recipe, self.overwrite, self.resume = recipe, overwrite, resume
+        self.output = Path(recipe.output_dir)
+        self.state = distributed_state()
+        check_output_dir(self.output, overwrite, resume)
+        self.metrics: MetricsWriter | None = None  # created with the output folder by `run`
         self._data: dict = {}
         self._tokenizer = None
 
@@ -125,18 +147,48 @@ class Pipeline:
     # -- running ---------------------------------------------------------
 
     def run(self, stages=None) -> dict:
+        """Run `stages` (default: the recipe's) in order. With `resume`, skip stages that have a done.json."""
+        stages = list(stages or self.recipe.stages)
+        pending = [stage for stage in stages if not (self.resume and (self.output / stage / "done.json").exists())]
+        self.load_data(pending)
+        if self.metrics is None:
+            if self.state.is_main_process:
+                prepare_output_dir(self.recipe, self.overwrite, self.resume)
+            self.state.wait_for_everyone()
+            self.metrics = MetricsWriter(self.output, tensorboard=self.state.is_main_process)
         summaries = {}
-        for stage in stages or self.recipe.stages:
+        for stage in stages:
             done = self.output / stage / "done.json"
-            if self.resume and done.exists():
+            if stage not in pending:
                 logger.info("stage %s already finished; skipping", stage)
                 summaries[stage] = json.loads(done.read_text())
                 continue
             summary = getattr(self, f"stage_{stage}")()
-            done.parent.mkdir(parents=True, exist_ok=True)
-            done.write_text(json.dumps(summary, indent=1))
+            self._write_json(done, summary)
+            self.state.wait_for_everyone()  # later stages read what this one wrote
             summaries[stage] = summary
         return summaries
+
+    def _write_json(self, path: Path, value) -> None:
+        if self.state.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(value, indent=1))
+
+    def _save_model(self, model, directory: Path) -> None:
+        if self.state.is_main_process:
+            model.save_pretrained(directory)
+
+    def load_data(self, stages) -> None:
+        """Load and pack every split that `stages` use.
+
+        A missing source, or one shorter than a block, then fails before any training starts.
+        """
+        for stage in stages:
+            splits = list(STAGE_SPLITS[stage])
+            if stage == "search" and self.recipe.search.mode == "bilevel":
+                splits.append("validation")
+            for split in splits:
+                self.blocks(split)
 
     def _settings(self, section, **changes) -> LoopSettings:
         values = dict(
@@ -164,7 +216,7 @@ class Pipeline:
         weights = [p for n, p in hybrid.named_parameters() if not n.startswith("model.mixture")]
         mixture = list(hybrid.model.mixture.parameters()) if section.train_mixture else []
         summary = self._train(hybrid, "align", self._settings(section), self.blocks("align"), weights, mixture)
-        hybrid.save_pretrained(self.output / "align" / "model")
+        self._save_model(hybrid, self.output / "align" / "model")
         return summary
 
     def stage_search(self) -> dict:
@@ -182,7 +234,7 @@ class Pipeline:
             hybrid, "search", settings, self.blocks("train"), weights, hybrid.model.mixture.parameters(), kind, held_out
         )
         searched = hybrid.mixture_weights().tolist()
-        (self.output / "search" / "mixture.json").write_text(json.dumps({"mixture_weights": searched}, indent=1))
+        self._write_json(self.output / "search" / "mixture.json", {"mixture_weights": searched})
         summary["mixture_weights"] = searched
         return summary
 
@@ -201,7 +253,7 @@ class Pipeline:
         hybrid.set_mixture_weights(self.searched_mixture())
         summary = self._train(hybrid, "retrain", self._settings(self.recipe.retrain), self.blocks("train"), hybrid.parameters())
         summary["mixture_weights"] = hybrid.mixture_weights().tolist()
-        hybrid.save_pretrained(self.output / "retrain" / "model")
+        self._save_model(hybrid, self.output / "retrain" / "model")
         return summary
 
     def component_baseline(self, k: int) -> ManticoreForCausalLM:
@@ -230,7 +282,7 @@ class Pipeline:
                 model = self.component_baseline(k)
                 summary = self._train(model, f"baselines/{label}", self._settings(section, steps=steps),
                                       self.blocks("train"), model.parameters())
-                model.save_pretrained(self.output / "baselines" / label / "model")
+                self._save_model(model, self.output / "baselines" / label / "model")
                 summaries[label] = summary
         return summaries
 
@@ -257,7 +309,7 @@ class Pipeline:
                                   hybrid.parameters())
             validation = evaluate_language_model(hybrid, self.blocks("validation"), self.recipe.evaluate_batch_size)
             points.append({"mixture_weights": probs, "train_loss": summary["loss"], "validation_loss": validation["loss"]})
-        (self.output / "sweep" / "landscape.json").write_text(json.dumps(points, indent=1))
+        self._write_json(self.output / "sweep" / "landscape.json", points)
         return {"points": len(points), "best": min(points, key=lambda p: p["validation_loss"])}
 
     def stage_evaluate(self) -> dict:
@@ -284,7 +336,7 @@ class Pipeline:
                 "peak_memory_mib": training.get("peak_memory_mib"),
                 "mixture_weights": model.mixture_weights().tolist(),
             })
-        (self.output / "results.json").write_text(json.dumps(rows, indent=1))
+        self._write_json(self.output / "results.json", rows)
         return {"rows": rows}
 
     def _training_summary(self, name: str) -> dict:
