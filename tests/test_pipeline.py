@@ -246,3 +246,32 @@ def test_interrupted_run_resumes(workspace, tmp_path, monkeypatch):
     assert [row["model"] for row in json.loads((output / "results.json").read_text())] == ["manticore"]
     retrain_rows = [line for line in (output / "metrics.csv").read_text().splitlines() if line.startswith("retrain,")]
     assert len(retrain_rows) == len(set(retrain_rows))
+
+
+# Single-stage commands
+
+
+def test_single_stages_build_on_each_other(workspace, tmp_path, capsys):
+    output = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_mapping(workspace, output, ["align", "search"]))
+    assert main(["align", recipe]) == 0
+    aligned = (output / "align" / "model" / "model.safetensors").read_bytes()
+    assert main(["search", recipe]) == 0
+    assert (output / "search" / "mixture.json").exists()
+    assert (output / "align" / "model" / "model.safetensors").read_bytes() == aligned
+
+
+def test_single_stage_rerun_needs_overwrite(workspace, tmp_path, capsys):
+    output = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_mapping(workspace, output, ["align", "search"]))
+    assert main(["align", recipe]) == 0
+    assert main(["search", recipe]) == 0
+    capsys.readouterr()
+    assert main(["search", recipe]) == 2
+    error = capsys.readouterr().err
+    assert "stage 'search' already ran" in error
+    assert "--overwrite" in error
+    assert main(["search", recipe, "--overwrite"]) == 0
+    assert (output / "align" / "done.json").exists()
+    search_rows = (output / "metrics.csv").read_text().count("\nsearch,2,loss,")
+    assert search_rows == 1

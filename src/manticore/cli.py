@@ -61,8 +61,9 @@ def run_command(args) -> None:
     if getattr(args, "dry_run", False):
         dry_run(recipe)
         return
-    stages = recipe.stages if args.command == "run" else [args.command]
-    pipeline = Pipeline(recipe, overwrite=args.overwrite, resume=args.resume)
+    single_stage = args.command != "run"
+    stages = [args.command] if single_stage else recipe.stages
+    pipeline = Pipeline(recipe, overwrite=args.overwrite, resume=args.resume, only_stages=stages if single_stage else None)
     pipeline.run(stages)
     if pipeline.state.is_main_process:
         print(f"report: {write_report(pipeline.output)}")

@@ -32,10 +32,16 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(f"{stage}/{name}", value, step)
             self.tensorboard.flush()
 
+    def drop_stage(self, stage: str) -> None:
+        """Forget every row of `stage` and its sub-stages (`stage/...`), before that stage reruns."""
+        self._keep(lambda row: row["stage"] != stage and not row["stage"].startswith(stage + "/"))
+
     def drop_after(self, stage: str, step: int) -> None:
         """Forget rows of `stage` after `step`, so a resumed run does not log them twice."""
-        rows = read_metrics(self.path)
-        kept = [r for r in rows if not (r["stage"] == stage and int(r["step"]) > step)]
+        self._keep(lambda row: not (row["stage"] == stage and int(row["step"]) > step))
+
+    def _keep(self, predicate) -> None:
+        kept = [row for row in read_metrics(self.path) if predicate(row)]
         with self.path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=FIELDS)
             writer.writeheader()

@@ -52,21 +52,39 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def check_output_dir(output: Path, overwrite: bool, resume: bool) -> None:
-    """Raise if `output` contains an earlier run that neither `overwrite` nor `resume` allows touching."""
-    if output.exists() and any(output.iterdir()) and not (resume or overwrite):
+def check_output_dir(output: Path, overwrite: bool, resume: bool, only_stages=None) -> None:
+    """Raise if `output` contains an earlier run that neither `overwrite` nor `resume` allows touching.
+
+    With `only_stages` (a single-stage command), the rest of an earlier run is the
+    input of those stages, so only their own finished results count as a conflict.
+    """
+    if resume or overwrite or not output.exists() or not any(output.iterdir()):
+        return
+    if only_stages is None:
         raise FileExistsError(
             f"output folder {str(output)!r} already contains a run: pass --overwrite to replace it, "
             "--resume to continue it, or set output_dir to a new folder"
         )
+    for stage in only_stages:
+        if (output / stage).exists():
+            raise FileExistsError(
+                f"stage {stage!r} already ran in {str(output / stage)!r}: pass --overwrite to rerun only "
+                "this stage, or --resume to continue it"
+            )
 
 
-def prepare_output_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
-    """Create the output folder; never replace an earlier run without `overwrite`."""
+def prepare_output_dir(recipe: Recipe, overwrite: bool, resume: bool, only_stages=None) -> Path:
+    """Create the output folder; never replace an earlier run without `overwrite`.
+
+    With `only_stages`, `overwrite` replaces those stages' folders and keeps the rest of the run.
+    """
     output = Path(recipe.output_dir)
-    check_output_dir(output, overwrite, resume)
+    check_output_dir(output, overwrite, resume, only_stages)
     if output.exists() and any(output.iterdir()) and not resume:
-        shutil.rmtree(output)
+        doomed = [output / stage for stage in only_stages] if only_stages is not None else [output]
+        for path in doomed:
+            if path.exists():
+                shutil.rmtree(path)
     output.mkdir(parents=True, exist_ok=True)
     (output / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return output
@@ -80,11 +98,12 @@ class Pipeline:
     Under `torchrun`, every process trains and only the main process writes files.
     """
 
-    def __init__(self, recipe: Recipe, overwrite: bool = False, resume: bool = False):
+    def __init__(self, recipe: Recipe, overwrite: bool = False, resume: bool = False, only_stages=None):
         self.recipe, self.overwrite, self.resume = recipe, overwrite, resume
+        self.only_stages = list(only_stages) if only_stages is not None else None
         self.output = Path(recipe.output_dir)
         self.state = distributed_state()
-        check_output_dir(self.output, overwrite, resume)
+        check_output_dir(self.output, overwrite, resume, self.only_stages)
         self.metrics: MetricsWriter | None = None  # created with the output folder by `run`
         self._data: dict = {}
         self._tokenizer = None
@@ -153,9 +172,12 @@ class Pipeline:
         self.load_data(pending)
         if self.metrics is None:
             if self.state.is_main_process:
-                prepare_output_dir(self.recipe, self.overwrite, self.resume)
+                prepare_output_dir(self.recipe, self.overwrite, self.resume, self.only_stages)
             self.state.wait_for_everyone()
             self.metrics = MetricsWriter(self.output, tensorboard=self.state.is_main_process)
+            if self.only_stages is not None and self.overwrite and self.state.is_main_process:
+                for stage in self.only_stages:
+                    self.metrics.drop_stage(stage)
         summaries = {}
         for stage in stages:
             done = self.output / stage / "done.json"
