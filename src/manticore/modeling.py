@@ -117,25 +117,42 @@ class ManticoreModel(ManticorePreTrainedModel):
                     "or give that component mixture weight 0"
                 )
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
-        """Run every block; return (h, alpha) with h (B, T, D) and alpha (M, K)."""
+    def new_cache(self) -> "HybridCache":
+        """An empty decoding state for every component (see `manticore.generation`)."""
+        from .generation import HybridCache
+
+        return HybridCache([adapter.new_cache() for adapter in self.adapters])
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        """Run every block; return (h, alpha) with h (B, T, D) and alpha (M, K).
+
+        With a `cache`, `input_ids` are the new tokens only and `attention_mask`
+        covers the cached tokens and the new ones, (B, past + T).
+        """
         B, T = input_ids.shape
         alpha = self.mixture()
-        self.check_length(T, alpha)
+        past = cache.length if cache is not None else 0
+        self.check_length(past + T, alpha)
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, B, T, input_ids.device)
+            position_ids = positions_from_mask(attention_mask, B, past + T, input_ids.device)[:, -T:]
         adapters = self.adapters
+        states = cache.states if cache is not None else [None] * len(adapters)
 
         # 1. Embed: h_0 = sum_k alpha[0, k] * pad_D(E_k[x])
         h = sum(
             alpha[0, k] * resize_features(adapter.embed(input_ids), self.hidden_size)
             for k, adapter in enumerate(adapters)
         )  # (B, T, D)
-        contexts = [adapter.prepare(resize_features(h, adapter.width), attention_mask, position_ids) for adapter in adapters]
+        contexts = [
+            adapter.prepare(resize_features(h, adapter.width), attention_mask, position_ids, state)
+            for adapter, state in zip(adapters, states)
+        ]
 
         # 2. Blocks
         for i in range(self.config.n_blocks):
             h = self._block(i, h, alpha[i].to(h.dtype), adapters, contexts)
+        if cache is not None:
+            cache.length += T
         return h, alpha
 
     def _block(self, i, h, gates, adapters, contexts):
@@ -179,7 +196,8 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = ManticoreModel(config, components)
         self.post_init()
-        # NOTE: there is no hybrid cache yet, so generation recomputes the whole prefix at every step.
+        # transformers' own generation loop cannot drive the hybrid's per-component caches,
+        # so it recomputes the prefix; `generate` below uses the caches where it can.
         self.generation_config.use_cache = False
 
     @property
@@ -193,8 +211,8 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
     def set_mixture_weights(self, probs) -> None:
         self.model.set_mixture_weights(probs)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, **kwargs):
-        h, alpha = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, **kwargs):
+        h, alpha = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
         logits = self.mixed_logits(h, alpha[-1].to(h.dtype))  # (B, T, V)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(loss=loss, logits=logits)
@@ -208,6 +226,20 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
             term = gates[k] * component_logits
             logits = term if logits is None else logits + term
         return logits
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """Generate with per-component caches for greedy and sampled decoding.
+
+        Calls with options beyond `manticore.generation.CACHED_OPTIONS` (beam search,
+        logits processors, ...), or hybrids with a component that has no cached
+        path (Mamba-2), fall back to transformers' `generate`, which recomputes the
+        prefix at every step.
+        """
+        from .generation import cached_generation_supported, generate_with_cache
+
+        if cached_generation_supported(self, kwargs):
+            return generate_with_cache(self, input_ids, attention_mask, **kwargs)
+        return super().generate(input_ids, attention_mask=attention_mask, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         return {"input_ids": input_ids, "attention_mask": attention_mask}

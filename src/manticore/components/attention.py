@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from .base import ChunkContext, ComponentAdapter, first_tensor
@@ -17,22 +18,32 @@ class AttentionAdapter(ComponentAdapter):
     default.
     """
 
-    def prepare(self, hidden_states, attention_mask, position_ids) -> ChunkContext:
+    cache_argument: str = "cache"  # the keyword under which the family's layers take a `Cache`
+
+    def prepare(self, hidden_states, attention_mask, position_ids, cache=None) -> ChunkContext:
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=attention_mask,
-            cache=None,
+            cache=cache,
             position_ids=position_ids,
         )
-        return ChunkContext(attention_mask=attention_mask, position_ids=position_ids, extras={"mask": causal_mask})
+        return ChunkContext(attention_mask, position_ids, cache, extras={"mask": causal_mask})
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    def cache_arguments(self, context: ChunkContext) -> dict:
+        if context.cache is None:
+            return {}
+        return {self.cache_argument: context.cache, "use_cache": True}
 
 
 class RotaryAdapter(AttentionAdapter):
     """Rotary position embeddings, computed once per forward and passed to every layer."""
 
-    def prepare(self, hidden_states, attention_mask, position_ids) -> ChunkContext:
-        context = super().prepare(hidden_states, attention_mask, position_ids)
+    def prepare(self, hidden_states, attention_mask, position_ids, cache=None) -> ChunkContext:
+        context = super().prepare(hidden_states, attention_mask, position_ids, cache)
         context.extras["cos_sin"] = self.backbone.rotary_emb(hidden_states, position_ids=position_ids)
         return context
 
@@ -42,6 +53,7 @@ class RotaryAdapter(AttentionAdapter):
             attention_mask=context.extras["mask"],
             position_ids=context.position_ids,
             position_embeddings=context.extras["cos_sin"],
+            **self.cache_arguments(context),
         )
         return first_tensor(output)
 
@@ -56,4 +68,4 @@ class LearnedPositionAdapter(AttentionAdapter):
         return hidden_states + position_embeddings.to(hidden_states.dtype)
 
     def run_layer(self, layer, hidden_states, context):
-        return first_tensor(layer(hidden_states, attention_mask=context.extras["mask"]))
+        return first_tensor(layer(hidden_states, attention_mask=context.extras["mask"], **self.cache_arguments(context)))

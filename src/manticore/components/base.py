@@ -28,8 +28,9 @@ class ChunkContext:
     tables are computed once, not once per block.
     """
 
-    attention_mask: torch.Tensor | None  # (B, T) with 1 on real tokens, or None
+    attention_mask: torch.Tensor | None  # (B, past + T) with 1 on real tokens, or None
     position_ids: torch.Tensor  # (B, T) or (1, T)
+    cache: Any = None  # the component's decoding state from `new_cache`, or None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,9 +100,17 @@ class ComponentAdapter:
         """Token embedding only, (B, T) -> (B, T, d); positions enter in `run_layers`."""
         return self.input_embeddings(input_ids)
 
-    def prepare(self, hidden_states: torch.Tensor, attention_mask, position_ids) -> ChunkContext:
+    def prepare(self, hidden_states: torch.Tensor, attention_mask, position_ids, cache=None) -> ChunkContext:
         """Build the per-forward context; `hidden_states` gives batch, length and dtype."""
-        return ChunkContext(attention_mask=attention_mask, position_ids=position_ids)
+        return ChunkContext(attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+
+    def new_cache(self):
+        """Return an empty decoding state for cached generation.
+
+        Raises:
+            NotImplementedError: the family has no cached decoding path yet.
+        """
+        raise NotImplementedError(f"cached generation is not implemented for {self.family!r} components")
 
     def run_layer(self, layer: nn.Module, hidden_states: torch.Tensor, context: ChunkContext) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement run_layer")

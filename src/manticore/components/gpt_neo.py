@@ -9,4 +9,5 @@ class GPTNeoAdapter(LearnedPositionAdapter):
     backbone_attr = "transformer"
     embedding_attr = "wte"
     layers_attr = "h"
+    cache_argument = "layer_past"
     final_norm_attr = "ln_f"

@@ -9,4 +9,5 @@ class GPTNeoXAdapter(RotaryAdapter):
     backbone_attr = "gpt_neox"
     embedding_attr = "embed_in"
     layers_attr = "layers"
+    cache_argument = "layer_past"
     final_norm_attr = "final_layer_norm"
