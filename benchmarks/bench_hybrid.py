@@ -5,9 +5,12 @@ this prints the time of one forward+backward pass of a two-component, one-block
 hybrid with softmax mixture weights, divided by the sum of the times of the same
 two components run alone through the same layer code (target <= 1.10).
 
-Every measurement runs in a fresh process so that peak resident memory
-(ru_maxrss) belongs to that measurement alone. Times are medians of `--repeats`
-steps after one warm-up step; only ratios measured in one run are comparable.
+Times come from one process that interleaves the three models step by step, so
+load from other processes hits all three alike; each is the median of
+`--repeats` steps after one warm-up round. Peak memory comes from a fresh
+process per model: the increase of peak resident memory over the resident memory
+before its first forward+backward step. Only ratios measured in one run are
+comparable.
 
     .venv/bin/python benchmarks/bench_hybrid.py --threads 2
 """
@@ -20,6 +23,7 @@ import resource
 import statistics
 import time
 
+MODELS = ("neox", "mamba", "hybrid")
 SIZES = {
     # name: (neox config, mamba config, batch, length)
     "tiny": (
@@ -34,6 +38,18 @@ SIZES = {
         1, 512,
     ),
 }
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; Linux only."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def peak_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1])
 
 
 def current_rss_kib() -> int:
@@ -67,12 +83,10 @@ def component_step(model, ids):
     causal_lm_loss(logits, ids).backward()
 
 
-def measure(size: str, which: str, threads: int, repeats: int, queue) -> None:
-    import torch
-
+def make_step(size: str, which: str):
+    """Return (model, step function) for one of "neox", "mamba" or "hybrid"."""
     import manticore
 
-    torch.set_num_threads(threads)
     neox, mamba, ids = build(size)
     if which == "hybrid":
         model = manticore.build_hybrid([neox, mamba], n_blocks=1)
@@ -81,26 +95,43 @@ def measure(size: str, which: str, threads: int, repeats: int, queue) -> None:
         model = neox if which == "neox" else mamba
         step = lambda: component_step(model, ids)  # noqa: E731
     model.train()
-    parameters = sum(p.numel() for p in model.parameters())
+    return model, step
+
+
+def measure_memory(size: str, which: str, threads: int, queue) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    model, step = make_step(size, which)
     rss_before = current_rss_kib()
-    times = []
-    for _ in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-    queue.put((statistics.median(times[1:]), parameters, peak_kib))
+    reset_peak_rss()
+    step()
+    peak_kib = peak_rss_kib() - rss_before
+    queue.put((sum(p.numel() for p in model.parameters()), peak_kib))
 
 
-def run_isolated(size, which, threads, repeats):
+def isolated_memory(size, which, threads):
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=measure, args=(size, which, threads, repeats, queue))
+    process = context.Process(target=measure_memory, args=(size, which, threads, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
+
+
+def interleaved_times(size: str, repeats: int) -> dict[str, float]:
+    """Median forward+backward seconds per model, the three models taking turns."""
+    steps = {which: make_step(size, which) for which in MODELS}
+    times = {which: [] for which in MODELS}
+    for round_index in range(repeats + 1):
+        for which, (model, step) in steps.items():
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            step()
+            if round_index > 0:
+                times[which].append(time.perf_counter() - start)
+    return {which: statistics.median(values) for which, values in times.items()}
 
 
 def main() -> None:
@@ -110,15 +141,19 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
 
-    print(f"torch threads: {args.threads}; forward+backward, median of {args.repeats} steps")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {args.threads}; forward+backward, median of {args.repeats} interleaved steps")
     print("| size | batch x length | model | parameters | time (s) | peak memory (MiB) |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         _, _, batch, length = SIZES[size]
-        results = {which: run_isolated(size, which, args.threads, args.repeats) for which in ("neox", "mamba", "hybrid")}
-        for which, (seconds, parameters, peak_kib) in results.items():
-            print(f"| {size} | {batch} x {length} | {which} | {parameters / 1e6:.2f}M | {seconds:.3f} | {peak_kib / 1024:.0f} |")
-        ratio = results["hybrid"][0] / (results["neox"][0] + results["mamba"][0])
+        times = interleaved_times(size, args.repeats)
+        for which in MODELS:
+            parameters, peak_kib = isolated_memory(size, which, args.threads)
+            print(f"| {size} | {batch} x {length} | {which} | {parameters / 1e6:.2f}M | {times[which]:.3f} | {peak_kib / 1024:.0f} |")
+        ratio = times["hybrid"] / (times["neox"] + times["mamba"])
         print(f"| {size} | | hybrid / (neox + mamba) | | **{ratio:.3f}** | |")
 
 

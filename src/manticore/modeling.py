@@ -156,7 +156,7 @@ class ManticoreModel(ManticorePreTrainedModel):
         return h, alpha
 
     def _block(self, i, h, gates, adapters, contexts):
-        mixed = torch.zeros_like(h)
+        mixed = None
         for k, adapter in enumerate(adapters):
             g = gates[k]
             if not g.requires_grad and float(g) == 0.0:
@@ -178,8 +178,8 @@ class ManticoreModel(ManticorePreTrainedModel):
             z = resize_features(y, self.hidden_size)  # (B, T, D)
             if not bypass:
                 z = (1 - g) * self.projectors_out[i][k](y) + g * z
-            mixed = mixed + g * z
-        return mixed
+            mixed = g * z if mixed is None else mixed + g * z
+        return mixed if mixed is not None else torch.zeros_like(h)
 
 
 def positions_from_mask(attention_mask, batch: int, length: int, device) -> torch.Tensor:
@@ -218,13 +218,32 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
         return CausalLMOutput(loss=loss, logits=logits)
 
     def mixed_logits(self, h, gates):
-        logits = None
+        """sum_k g_k * head_k(h[..., :d_k]), (B, T, D) -> (B, T, V).
+
+        Linear heads are joined into one matrix product on the gated inputs,
+        sum_k W_k (g_k x_k) = [W_1 ... W_K] [g_1 x_1; ...; g_K x_K], so the gates
+        scale (B, T, d_k) tensors instead of (B, T, V) logits.
+        """
+        inputs, weights, biases, other = [], [], [], None
         for k, adapter in enumerate(self.model.adapters):
-            if not gates[k].requires_grad and float(gates[k]) == 0.0:
+            g = gates[k]
+            if not g.requires_grad and float(g) == 0.0:
                 continue
-            component_logits = adapter.logits(resize_features(h, adapter.width))[..., : self.vocab_size]
-            term = gates[k] * component_logits
-            logits = term if logits is None else logits + term
+            x = resize_features(h, adapter.width)  # (B, T, d_k)
+            head = adapter.lm_head
+            if isinstance(head, nn.Linear):
+                inputs.append(g * x)
+                weights.append(head.weight[: self.vocab_size])  # (V, d_k)
+                if head.bias is not None:
+                    biases.append(g * head.bias[: self.vocab_size])
+            else:
+                term = g * adapter.logits(x)[..., : self.vocab_size]
+                other = term if other is None else other + term
+        logits = F.linear(torch.cat(inputs, -1), torch.cat(weights, 1)) if inputs else None  # (B, T, V)
+        if biases:
+            logits = logits + sum(biases)
+        if other is not None:
+            logits = other if logits is None else logits + other
         return logits
 
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
