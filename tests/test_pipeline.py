@@ -242,7 +242,7 @@ def test_interrupted_run_resumes(workspace, tmp_path, monkeypatch):
     assert resumed_stages == [("retrain", True)]
     assert (output / "search" / "mixture.json").read_text() == searched
     assert json.loads((output / "retrain" / "done.json").read_text())["steps"] == 4
-    assert json.loads((output / "retrain" / "checkpoint" / "state.json").read_text())["extra"]["step"] == 4
+    assert not (output / "retrain" / "checkpoint").exists()  # removed once the stage finished
     assert [row["model"] for row in json.loads((output / "results.json").read_text())] == ["manticore"]
     retrain_rows = [line for line in (output / "metrics.csv").read_text().splitlines() if line.startswith("retrain,")]
     assert len(retrain_rows) == len(set(retrain_rows))
@@ -275,3 +275,9 @@ def test_single_stage_rerun_needs_overwrite(workspace, tmp_path, capsys):
     assert (output / "align" / "done.json").exists()
     search_rows = (output / "metrics.csv").read_text().count("\nsearch,2,loss,")
     assert search_rows == 1
+
+
+def test_finished_stages_drop_checkpoints(finished_run):
+    output, _ = finished_run
+    assert list(output.rglob("checkpoint")) == []
+    assert (output / "retrain" / "model" / "model.safetensors").exists()

@@ -316,3 +316,8 @@ def test_shipped_recipe_validates(name):
         assert section.weight_decay == pytest.approx(0.01)
     assert recipe.search.mixture_learning_rate == pytest.approx(0.05)
     assert f"manticore run recipes/{name}" in path.read_text()
+
+
+def test_tokenizer_may_be_component_index():
+    recipe = from_mapping(Recipe, {"hybrid": {"components": ["a", "b"], "tokenizer": 1}, "stages": []})
+    assert recipe.hybrid.tokenizer == 1

@@ -43,7 +43,7 @@ class HybridSection:
     projector: str = "linear"
     mixture_probs: list[list[float]] | None = None
     layer_splits: list[list[int]] | None = None
-    tokenizer: str | None = None
+    tokenizer: str | int | None = None  # a path, or the index of the component whose tokenizer to use
     fresh_embeddings: bool | str = False
 
 

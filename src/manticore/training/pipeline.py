@@ -29,6 +29,7 @@ from ..mixture import MixtureWeights
 from ..modeling import ManticoreForCausalLM
 from ..recipe import Recipe
 from ..tasks.text import load_text_dataset, pack_for_language_modeling, split_dataset
+from .checkpoint import CHECKPOINT_DIR
 from .loop import LoopSettings, TrainingLoop, distributed_state, evaluate_language_model
 from .metrics import MetricsWriter
 
@@ -187,9 +188,17 @@ class Pipeline:
                 continue
             summary = getattr(self, f"stage_{stage}")()
             self._write_json(done, summary)
+            self._remove_checkpoints(stage)
             self.state.wait_for_everyone()  # later stages read what this one wrote
             summaries[stage] = summary
         return summaries
+
+    def _remove_checkpoints(self, stage: str) -> None:
+        """Delete a finished stage's training checkpoints; its models and done.json remain."""
+        if self.state.is_main_process:
+            for checkpoint in sorted((self.output / stage).rglob(CHECKPOINT_DIR)):
+                if checkpoint.is_dir():
+                    shutil.rmtree(checkpoint)
 
     def _write_json(self, path: Path, value) -> None:
         if self.state.is_main_process:
@@ -293,14 +302,17 @@ class Pipeline:
         reference.set_mixture_weights(self.searched_mixture())
         hybrid_flops = hybrid_forward_flops(reference, context)
         summaries = {}
-        for k, name in enumerate(reference.config.component_names):
+        names = [short_name(name) for name in reference.config.component_names]
+        for k, name in enumerate(names):
+            if names.count(name) > 1:
+                name = f"{k}-{name}"  # two components from folders of the same name
             budgets = {"same-steps": section.steps}
             if section.equal_compute:
                 ratio = hybrid_flops / component_forward_flops(reference.model.components[k], context)
                 budgets["same-compute"] = max(1, round(section.steps * ratio))
             for budget, steps in budgets.items():
                 torch.manual_seed(self.recipe.seed)
-                label = f"{short_name(name)}-{budget}"
+                label = f"{name}-{budget}"
                 model = self.component_baseline(k)
                 summary = self._train(model, f"baselines/{label}", self._settings(section, steps=steps),
                                       self.blocks("train"), model.parameters())
