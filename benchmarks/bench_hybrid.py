@@ -71,7 +71,7 @@ def build(size: str):
 
 
 def component_step(model, ids):
-    """One component alone, through the same adapter code the hybrid runs."""
+    """Run one forward+backward step of a component alone, through the adapter code the hybrid runs."""
     from manticore.components import adapter_for
     from manticore.modeling import causal_lm_loss, positions_from_mask
 

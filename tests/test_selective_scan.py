@@ -1,6 +1,8 @@
 """Tests of the numba selective-scan kernel and the MambaBlock functions built on it."""
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -109,9 +111,14 @@ def test_scan_matches_reference(dtype, length):
 
 
 @requires_kernel
-def test_scan_without_optional_inputs():
+@pytest.mark.parametrize(
+    "dropped",
+    [["D"], ["z"], ["delta_bias"], ["initial_state"], ["D", "z", "delta_bias", "initial_state"]],
+    ids=["no_D", "no_z", "no_delta_bias", "no_initial_state", "none"],
+)
+def test_scan_optional_inputs_dropped(dropped):
     inputs = make_scan_inputs(batch=2, width=20, length=37, state_size=5, dtype=torch.float64)
-    for name in ["D", "z", "delta_bias", "initial_state"]:
+    for name in dropped:
         del inputs[name]
     with torch.no_grad():
         # Without softplus, delta is the time step itself, so keep it positive.
@@ -121,7 +128,7 @@ def test_scan_without_optional_inputs():
 
     assert scaled_error(y, expected_y) <= 1e-10
     assert scaled_error(last_state, expected_state) <= 1e-10
-    for name in ["u", "delta", "A", "B", "C"]:
+    for name in inputs:
         error = scaled_error(gradients[name], expected_gradients[name])
         assert error <= 1e-10, f"gradient of {name} differs by {error:.2e} (scaled)"
 
@@ -234,6 +241,20 @@ def test_missing_numba_logs_one_warning(monkeypatch, caplog):
     assert second is False
     assert len(caplog.records) == 1
     assert "numba" in caplog.records[0].getMessage()
+
+
+@requires_kernel
+def test_kernel_setup_keeps_torch_threads():
+    # Runs in a fresh process, because numba starts its thread pool once per process.
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "from manticore.kernels.selective_scan import kernel_available\n"
+        "assert kernel_available()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert result.stdout.strip() == "1"
 
 
 def reference_conv_silu(x, weight, bias):

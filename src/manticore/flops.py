@@ -1,9 +1,10 @@
 """Estimated forward FLOPs per token of a hybrid, for fair-compute baselines and reports.
 
-An estimate, not a measurement: 2 FLOPs per weight multiply-add in the layers,
-projectors and LM heads that run, plus attention scores and values
-(2 * 2 * layers * context * width, halved for causal attention) and the Mamba
-scan (about 9 * inner width * state size per layer). Training costs about three
+This is an estimate, not a measurement. Every weight of the layers, projectors
+and LM heads that run costs 2 FLOPs (one multiply-add) per token. Attention
+adds its scores and values, 2 * 2 * layers * context * width, halved because
+attention is causal. The Mamba scan adds about 9 * inner width * state size
+per layer. Training costs about three
 times the forward pass.
 """
 

@@ -32,7 +32,7 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
 
 
 def tiny_tokenizer(words=WORDS) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over `words` plus <pad>, <unk> and <eos> (ids 0, 1, 2)."""
+    """Build a word-level tokenizer over `words` plus <pad>, <unk> and <eos> (ids 0, 1, 2)."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + list(words))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -40,7 +40,7 @@ def tiny_tokenizer(words=WORDS) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(family: str, vocab_size: int = 72, width: int = 32, depth: int = 4, max_context: int = 128):
-    """A small config of `family`; dropout is off so train and eval mode agree."""
+    """Return a small config of `family`, with dropout off so train and eval mode agree."""
     heads = 4
     if family == "gpt_neox":
         return GPTNeoXConfig(
@@ -78,7 +78,7 @@ def tiny_config(family: str, vocab_size: int = 72, width: int = 32, depth: int =
 
 
 def tiny_model(family: str, seed: int = 0, **config_options) -> PreTrainedModel:
-    """A tiny random causal LM of `family`, in eval mode, float32."""
+    """Build a tiny random causal LM of `family`, in eval mode and float32."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **config_options))
     return model.float().eval()

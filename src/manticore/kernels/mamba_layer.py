@@ -3,9 +3,10 @@
 The functions read the weights of an unmodified ``MambaBlock`` (transformers
 5.25) and reproduce its forward pass: RMS norm, the mixer (input projection,
 causal depthwise convolution, selective scan, gate, output projection) and
-the residual connection. Only the scan differs: it runs in
-:mod:`manticore.kernels.selective_scan` instead of materialising
-(B, Din, T, N) tensors.
+the residual connection. The scan, with the D term and the gate, runs in the
+numba kernel of :mod:`manticore.kernels.selective_scan` instead of
+materialising (B, Din, T, N) tensors. A SiLU convolution runs in that
+module's convolution kernel, and other activations in ``F.conv1d``.
 
 Dimension letters used in shape comments:
 

@@ -168,9 +168,12 @@ if numba is not None:
     # with a constant trip count of 16 gets unrolled fully instead and stays
     # scalar. Inner loops index only with loop variables into C-contiguous
     # views such as row[j], because an index like row[start + j] makes numba
-    # emit a negative-index check that blocks vectorisation.
+    # emit a negative-index check that blocks vectorisation. Every function
+    # uses error_model="numpy", because numba's default Python error model
+    # checks each float division for a zero divisor, which also blocks
+    # vectorisation. Division by zero then gives inf or NaN, as in numpy.
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _load_columns(source, start, lanes, target):
         """Copy source[:, start:start + lanes] into target[:, :lanes]."""
         for n in range(source.shape[0]):
@@ -179,7 +182,7 @@ if numba is not None:
             for j in range(lanes):
                 target_row[j] = row[j]
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _store_columns(source, lanes, target, start):
         """Copy source[:, :lanes] into target[:, start:start + lanes]."""
         for n in range(source.shape[0]):
@@ -188,7 +191,7 @@ if numba is not None:
             for j in range(lanes):
                 target_row[j] = row[j]
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _load_chunk(source, b, first, steps, start, lanes, target):
         """Copy source[b, first:first + steps, start:start + lanes] into target[:steps, :lanes]."""
         for s in range(steps):
@@ -197,7 +200,7 @@ if numba is not None:
             for j in range(lanes):
                 target_row[j] = row[j]
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _forward_step(state, y_lane, a_block, dt_lane, dtu_lane, b_row, c_row, lanes):
         """Advance state (N, lanes) by one step in place and write C_t . h_t into y_lane."""
         for j in range(lanes):
@@ -211,7 +214,7 @@ if numba is not None:
                 state[n, j] = value
                 y_lane[j] = _fused_multiply_add(c_value, value, y_lane[j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _write_output_row(out_row, y_lane, u_row, d_block, z_row, has_gate, lanes):
         """Write (y + D * u) * silu(z) into out_row, or y + D * u without a gate."""
         one = y_lane.dtype.type(1.0)
@@ -223,7 +226,7 @@ if numba is not None:
             for j in range(lanes):
                 out_row[j] = _fused_multiply_add(d_block[j], u_row[j], y_lane[j])
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
+    @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
     def _scan_forward_kernel(
         u, dt, a_t, b_mat, c_mat, d_skip, z, has_gate, initial, out, last, checkpoints, save_checkpoints, block_width
     ):
@@ -263,7 +266,7 @@ if numba is not None:
                 _write_output_row(out[b, t, start : start + lanes], y_lane, u_row, d_block, z_row, has_gate, lanes)
             _store_columns(state, lanes, last[b], start)
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _recompute_chunk(states, decays, a_block, dt_chunk, dtu_chunk, b_rows, steps, lanes):
         """Fill states[1:steps + 1] (h_t) and decays[:steps] (exp(dt_t * A)) from states[0]."""
         for s in range(steps):
@@ -280,7 +283,7 @@ if numba is not None:
                 for j in range(lanes):
                     current[n, j] = _fused_multiply_add(decay[n, j], previous[n, j], dtu_row[j] * b_value)
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _sweep_chunk(grad_states, carry, decays, grad_y_chunk, c_rows, steps, lanes):
         """Propagate the state gradient backwards through one chunk.
 
@@ -300,7 +303,7 @@ if numba is not None:
                     grad_h_row[n, j] = grad_h
                     carry[n, j] = grad_h * decay[n, j]
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _accumulate_products(target, left, right, steps, lanes):
         """Add left[s, n, j] * right[s, j] to target[s, n, j]."""
         for s in range(steps):
@@ -311,7 +314,7 @@ if numba is not None:
                 for j in range(lanes):
                     target_row[n, j] = _fused_multiply_add(left_row[n, j], right_row[j], target_row[n, j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _exponent_gradients(decays, grad_states, states, steps, lanes):
         """Overwrite decays[s] with the gradient with respect to the exponent dt_t * A."""
         for s in range(steps):
@@ -322,7 +325,7 @@ if numba is not None:
                 for j in range(lanes):
                     decay[n, j] = grad_h_row[n, j] * previous[n, j] * decay[n, j]
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _accumulate_grad_a(grad_a, grad_exponents, dt_chunk, steps, lanes):
         """Add the sum over steps of grad_exponents[s, n, j] * dt[s, j] to grad_a[n, j]."""
         for s in range(steps):
@@ -332,7 +335,7 @@ if numba is not None:
                 for j in range(lanes):
                     grad_a[n, j] = _fused_multiply_add(grad_exponent[n, j], dt_row[j], grad_a[n, j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _sum_times_columns(total, values, weights, steps, lanes):
         """Set total[s, j] to the sum over n of values[s, n, j] * weights[n, j]."""
         for s in range(steps):
@@ -344,7 +347,7 @@ if numba is not None:
                 for j in range(lanes):
                     total_row[j] = _fused_multiply_add(value_row[n, j], weights[n, j], total_row[j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _sum_times_rows(total, values, weights, steps, lanes):
         """Set total[s, j] to the sum over n of values[s, n, j] * weights[s, n]."""
         for s in range(steps):
@@ -357,14 +360,14 @@ if numba is not None:
                 for j in range(lanes):
                     total_row[j] = _fused_multiply_add(value_row[n, j], weight, total_row[j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _gate_gradients(grad_y_chunk, y_chunk, u_chunk, z_chunk, d_block, grad_z, b, first, steps, start, lanes):
         """Turn the output gradient into the gradient of C . h and write the gradient of z.
 
-        On entry grad_y_chunk holds the gradient of out = (y + D * u) * silu(z)
-        and y_chunk holds y = C . h. On exit grad_y_chunk holds the gradient
-        of y, and grad_z[b, first:first + steps, start:start + lanes] the
-        gradient of z, with silu'(z) = s * (1 + z * (1 - s)) and s = sigmoid(z).
+        On entry grad_y_chunk contains the gradient of out = (y + D * u) *
+        silu(z), and y_chunk contains y = C . h. On exit grad_y_chunk contains
+        the gradient of y, and grad_z[b, first:first + steps, start:start +
+        lanes] the gradient of z, with silu'(z) = s * (1 + z * (1 - s)) and s = sigmoid(z).
         """
         one = y_chunk.dtype.type(1.0)
         for s in range(steps):
@@ -380,7 +383,7 @@ if numba is not None:
                 grad_z_row[j] = grad_row[j] * skip_output * silu_slope
                 grad_row[j] = grad_row[j] * z_row[j] * sigmoid
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _accumulate_grad_d(grad_d, grad_y_chunk, u_chunk, steps, lanes):
         """Add the sum over steps of grad_y * u to grad_d (lanes,)."""
         for s in range(steps):
@@ -389,7 +392,7 @@ if numba is not None:
             for j in range(lanes):
                 grad_d[j] = _fused_multiply_add(grad_row[j], u_row[j], grad_d[j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _store_input_gradients(
         grad_u, grad_dt, b_sums, exponent_sums, grad_y_chunk, d_block, dt_chunk, u_chunk, b, first, steps, start, lanes
     ):
@@ -411,7 +414,7 @@ if numba is not None:
             for j in range(lanes):
                 grad_dt_row[j] = _fused_multiply_add(b_sum[j], u_row[j], exponent_sum[j])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _sum_lanes(target, source, first, steps):
         """Write the sum over lanes of source[s, n, :] to target[first + s, n]."""
         for s in range(steps):
@@ -421,7 +424,7 @@ if numba is not None:
                     total += source[s, n, j]
                 target[first + s, n] = total
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
+    @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
     def _scan_backward_kernel(
         u, dt, a_t, b_mat, c_mat, d_skip, z, has_gate, checkpoints, grad_out, grad_last, block_width,
         grad_u, grad_dt, grad_z, grad_a_parts, grad_b_parts, grad_c_parts, grad_d_parts, grad_initial,
@@ -525,7 +528,7 @@ if numba is not None:
                 for j in range(lanes):
                     grad_d_row[j] = grad_d[block, j]
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _conv_row(pre, x_rows, weight_t, bias, t):
         """Write bias + sum_k weight_t[k] * x_rows[t - K + 1 + k] (zero before the start) into pre (Din,)."""
         taps = weight_t.shape[0]
@@ -539,13 +542,13 @@ if numba is not None:
                 for d in range(pre.shape[0]):
                     pre[d] = _fused_multiply_add(weight_row[d], x_row[d], pre[d])
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _silu_row(out_row, pre):
         one = pre.dtype.type(1.0)
         for d in range(pre.shape[0]):
             out_row[d] = pre[d] / (one + _vector_exp(-pre[d]))
 
-    @numba.njit(cache=True, fastmath=False)
+    @numba.njit(cache=True, fastmath=False, error_model="numpy")
     def _silu_gradient_row(grad_pre_row, grad_out_row, pre):
         """Write grad_out * silu'(pre), where silu'(p) = s * (1 + p * (1 - s)) and s = sigmoid(p)."""
         one = pre.dtype.type(1.0)
@@ -553,7 +556,7 @@ if numba is not None:
             sigmoid = one / (one + _vector_exp(-pre[d]))
             grad_pre_row[d] = grad_out_row[d] * sigmoid * _fused_multiply_add(pre[d], one - sigmoid, one)
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
+    @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
     def _conv_silu_forward_kernel(x, weight_t, bias, out, rows_per_task):
         """Write silu(causal depthwise convolution of x) into out.
 
@@ -570,7 +573,7 @@ if numba is not None:
                 _conv_row(pre, x[b], weight_t, bias, t)
                 _silu_row(out[b, t], pre)
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
+    @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
     def _conv_silu_backward_kernel(x, weight_t, bias, grad_out, rows_per_task, grad_x, grad_weight_parts, grad_bias_parts):
         """Compute the gradients of the fused convolution and SiLU.
 
@@ -820,10 +823,10 @@ def causal_conv_silu_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: 
 
 
 def kernel_available() -> bool:
-    """Return whether the numba kernels import and compile; the first call compiles them.
+    """Return whether the numba kernels import and compile.
 
-    A failure is logged once as a warning, and callers then use the torch
-    fallback.
+    The first call compiles them, or loads them from numba's cache. A failure
+    is logged once as a warning, and callers then use the torch fallbacks.
     """
     global _kernel_status
     if _kernel_status is None:
@@ -834,19 +837,26 @@ def kernel_available() -> bool:
 def _check_kernel() -> bool:
     if numba is None:
         logger.warning(
-            "Importing numba failed (%s), so the selective scan uses the sequential torch fallback.",
+            "Importing numba failed (%s), so the selective scan and the Mamba convolution use their torch "
+            "fallbacks. Install numba to use the kernels.",
             _NUMBA_IMPORT_ERROR,
         )
         return False
+    torch_threads = torch.get_num_threads()
     try:
         _compile_float32_kernels()
     except (NumbaError, RuntimeError, OSError) as error:
         logger.warning(
-            "Compiling the numba selective-scan kernels failed (%s), so the selective scan uses the "
-            "sequential torch fallback.",
+            "Compiling the numba kernels failed (%s), so the selective scan and the Mamba convolution use "
+            "their torch fallbacks.",
             error,
         )
         return False
+    finally:
+        # numba's OpenMP thread pool sets the OpenMP thread count when it
+        # starts (here, on the first parallel kernel call). torch's CPU wheel
+        # shares the libgomp instance, so that would change torch's thread count.
+        torch.set_num_threads(torch_threads)
     return True
 
 
