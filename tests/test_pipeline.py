@@ -281,3 +281,14 @@ def test_finished_stages_drop_checkpoints(finished_run):
     output, _ = finished_run
     assert list(output.rglob("checkpoint")) == []
     assert (output / "retrain" / "model" / "model.safetensors").exists()
+
+
+def test_block_longer_than_context_fails_early(workspace, tmp_path, capsys):
+    mapping = recipe_mapping(workspace, tmp_path / "run")
+    mapping["data"]["block_size"] = 200  # the tiny components take at most 128 tokens
+    recipe = write_recipe(tmp_path / "recipe.yaml", mapping)
+    assert main(["run", recipe]) == 2
+    error = capsys.readouterr().err
+    assert "data.block_size = 200" in error
+    assert "maximum context of 128" in error
+    assert not (tmp_path / "run").exists()

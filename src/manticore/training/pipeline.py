@@ -108,16 +108,30 @@ class Pipeline:
         self.metrics: MetricsWriter | None = None  # created with the output folder by `run`
         self._data: dict = {}
         self._tokenizer = None
+        self._max_contexts: dict = {}
 
     # -- data ------------------------------------------------------------
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = self.initial_hybrid().tokenizer
+            hybrid = self.initial_hybrid()
+            self._tokenizer = hybrid.tokenizer
+            self._max_contexts = dict(zip(hybrid.config.component_names, (a.max_context for a in hybrid.model.adapters)))
             if self._tokenizer is None:
                 raise ValueError("no tokenizer found with the components: set hybrid.tokenizer in the recipe")
         return self._tokenizer
+
+    def check_block_size(self) -> None:
+        """Raise if a component cannot take blocks of `data.block_size` tokens."""
+        self.tokenizer  # loads the components' metadata
+        block_size = self.recipe.data.block_size
+        for name, max_context in self._max_contexts.items():
+            if block_size > max_context:
+                raise ValueError(
+                    f"data.block_size = {block_size} is longer than component {name!r}'s maximum context of "
+                    f"{max_context} tokens: set data.block_size to {max_context} or less"
+                )
 
     def blocks(self, name: str):
         """Packed token blocks of split `name`: align, train, validation or test."""
@@ -212,8 +226,10 @@ class Pipeline:
     def load_data(self, stages) -> None:
         """Load and pack every split that `stages` use.
 
-        A missing source, or one shorter than a block, then fails before any training starts.
+        A missing source, one shorter than a block, or a block longer than a
+        component's context then fails before any training starts.
         """
+        self.check_block_size()
         for stage in stages:
             splits = list(STAGE_SPLITS[stage])
             if stage == "search" and self.recipe.search.mode == "bilevel":
