@@ -292,3 +292,37 @@ def test_block_longer_than_context_fails_early(workspace, tmp_path, capsys):
     assert "data.block_size = 200" in error
     assert "maximum context of 128" in error
     assert not (tmp_path / "run").exists()
+
+
+# Classification
+
+
+def write_labelled_jsonl(path, rows, seed):
+    """Rows whose label is the word that dominates the text, so the task is learnable."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(rows):
+        label = rng.choice(["king", "queen"])
+        words = [label] * 6 + [rng.choice(WORDS) for _ in range(6)]
+        rng.shuffle(words)
+        lines.append(json.dumps({"text": " ".join(words), "label": label}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_classification_run_reports_accuracy(workspace, tmp_path):
+    output = tmp_path / "run"
+    mapping = recipe_mapping(workspace, output, ["align", "search", "retrain", "baselines", "sweep", "evaluate"])
+    mapping["data"]["task_type"] = "classification"
+    mapping["data"]["task"] = {"source": str(write_labelled_jsonl(tmp_path / "train.jsonl", 40, seed=0))}
+    mapping["data"]["test"] = {"source": str(write_labelled_jsonl(tmp_path / "test.jsonl", 12, seed=1))}
+    mapping["baselines"] = {**STAGE, "equal_compute": False}
+    recipe = write_recipe(tmp_path / "recipe.yaml", mapping)
+    assert main(["run", recipe]) == 0
+    rows = json.loads((output / "results.json").read_text())
+    assert [row["model"] for row in rows] == ["manticore", "llama-same-steps", "neox-same-steps"]
+    for row in rows:
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    landscape = json.loads((output / "sweep" / "landscape.json").read_text())
+    assert all(0.0 <= point["validation_accuracy"] <= 1.0 for point in landscape)
+    assert "test accuracy" in (output / "report.md").read_text()

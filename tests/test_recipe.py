@@ -321,3 +321,9 @@ def test_shipped_recipe_validates(name):
 def test_tokenizer_may_be_component_index():
     recipe = from_mapping(Recipe, {"hybrid": {"components": ["a", "b"], "tokenizer": 1}, "stages": []})
     assert recipe.hybrid.tokenizer == 1
+
+
+def test_unknown_task_type_rejected():
+    mapping = {"hybrid": {"components": ["a"]}, "stages": [], "data": {"task_type": "regression"}}
+    with pytest.raises(RecipeError, match="data.task_type = 'regression' is invalid: use language_modeling or classification"):
+        from_mapping(Recipe, mapping).validate()

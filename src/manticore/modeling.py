@@ -189,7 +189,18 @@ def positions_from_mask(attention_mask, batch: int, length: int, device) -> torc
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, T)
 
 
-class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
+class MixtureWeightsAccess:
+    """`mixture_weights` and `set_mixture_weights` for models that wrap a `ManticoreModel` as `.model`."""
+
+    def mixture_weights(self) -> torch.Tensor:
+        """alpha (M, K) as probabilities, detached."""
+        return self.model.mixture.probabilities().detach().clone()
+
+    def set_mixture_weights(self, probs) -> None:
+        self.model.set_mixture_weights(probs)
+
+
+class ManticoreForCausalLM(MixtureWeightsAccess, ManticorePreTrainedModel, GenerationMixin):
     """Manticore with mixed LM heads: logits = sum_k alpha[M-1, k] * head_k(h[..., :d_k])."""
 
     def __init__(self, config: ManticoreConfig, components: list[PreTrainedModel] | None = None):
@@ -203,13 +214,6 @@ class ManticoreForCausalLM(ManticorePreTrainedModel, GenerationMixin):
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
-
-    def mixture_weights(self) -> torch.Tensor:
-        """alpha (M, K) as probabilities, detached."""
-        return self.model.mixture.probabilities().detach().clone()
-
-    def set_mixture_weights(self, probs) -> None:
-        self.model.set_mixture_weights(probs)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, **kwargs):
         h, alpha = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
@@ -271,7 +275,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100)
 
 
-class ManticoreForSequenceClassification(ManticorePreTrainedModel):
+class ManticoreForSequenceClassification(MixtureWeightsAccess, ManticorePreTrainedModel):
     """Manticore with a linear classifier on pooled hidden states.
 
     `config.pooling` is "last" (the last non-pad token) or "mean" (mean over real tokens).

@@ -43,6 +43,7 @@ class HybridSection:
     projector: str = "linear"
     mixture_probs: list[list[float]] | None = None
     layer_splits: list[list[int]] | None = None
+    pooling: str = "last"  # classification: "last" (last real token) or "mean"
     tokenizer: str | int | None = None  # a path, or the index of the component whose tokenizer to use
     fresh_embeddings: bool | str = False
 
@@ -59,6 +60,8 @@ class DataSection:
     task: DataSource | None = None
     validation: DataSource | None = None  # None: the first validation_fraction of task documents
     test: DataSource | None = None
+    task_type: str = "language_modeling"  # or "classification", with (text, label) rows
+    label_field: str = "label"
     block_size: int = 256
     validation_fraction: float = 0.1
 
@@ -121,6 +124,9 @@ class Recipe:
                  "use joint, alternating or bilevel")
         _require(0 < self.data.validation_fraction < 1, "data.validation_fraction", self.data.validation_fraction,
                  "use a fraction between 0 and 1")
+        _require(self.data.task_type in ("language_modeling", "classification"), "data.task_type", self.data.task_type,
+                 "use language_modeling or classification")
+        _require(self.hybrid.pooling in ("last", "mean"), "hybrid.pooling", self.hybrid.pooling, "use last or mean")
         _require(self.data.block_size >= 2, "data.block_size", self.data.block_size, "use 2 tokens or more")
 
         for name in ("align", "search", "retrain", "baselines", "sweep"):

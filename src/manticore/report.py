@@ -89,21 +89,32 @@ def plot_landscape(points, marks: dict, path: Path, component_names) -> bool:
     return True
 
 
+def _cell(value, template: str) -> str:
+    return template.format(value) if value is not None else ""
+
+
 def results_table(rows) -> str:
-    lines = [
-        "| model | test loss | test perplexity | parameters | forward FLOPs/token | training time (s) | training tokens | peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+    """Markdown table of evaluation rows; a test accuracy column appears for classification."""
+    with_accuracy = any("test_accuracy" in row for row in rows)
+    header = ["model"] + (["test accuracy"] if with_accuracy else []) + [
+        "test loss", "test perplexity", "parameters", "forward FLOPs/token", "training time (s)", "training tokens",
+        "peak memory (MiB)",
     ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        seconds = row.get("training_seconds")
-        memory = row.get("peak_memory_mib")
-        lines.append(
-            f"| {row['model']} | {row['test_loss']:.4f} | {row['test_perplexity']:.2f} | {row['parameters'] / 1e6:.2f}M "
-            f"| {row['forward_flops_per_token']:.3e} | {seconds:.0f} | {row.get('training_tokens') or 0:,} "
-            f"| {memory:.0f} |" if seconds is not None and memory is not None else
-            f"| {row['model']} | {row['test_loss']:.4f} | {row['test_perplexity']:.2f} | {row['parameters'] / 1e6:.2f}M "
-            f"| {row['forward_flops_per_token']:.3e} | | | |"
-        )
+        cells = [row["model"]]
+        if with_accuracy:
+            cells.append(_cell(row.get("test_accuracy"), "{:.3f}"))
+        cells += [
+            _cell(row["test_loss"], "{:.4f}"),
+            _cell(row["test_perplexity"], "{:.2f}"),
+            _cell(row["parameters"] / 1e6, "{:.2f}M"),
+            _cell(row["forward_flops_per_token"], "{:.3e}"),
+            _cell(row.get("training_seconds"), "{:.0f}"),
+            _cell(row.get("training_tokens"), "{:,}"),
+            _cell(row.get("peak_memory_mib"), "{:.0f}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -152,8 +152,14 @@ class TrainingLoop:
     def _local_batch(self, data, step, seed_offset=0):
         indices = batch_indices(len(data), self.settings.batch_size, self.settings.seed + seed_offset, step)
         shard = indices[self.accelerator.process_index :: self.accelerator.num_processes]
-        input_ids = torch.as_tensor(data[shard.tolist()]["input_ids"], device=self.accelerator.device)
-        return {"input_ids": input_ids, "labels": input_ids}
+        rows = data[shard.tolist()]
+        batch = {
+            name: torch.as_tensor(rows[name], device=self.accelerator.device)
+            for name in ("input_ids", "attention_mask", "labels")
+            if name in rows
+        }
+        batch.setdefault("labels", batch["input_ids"])  # language modelling: the model shifts the inputs
+        return batch
 
     def _update(self, batch, step, names):
         for optimizer in self.optimizers.values():

@@ -26,10 +26,11 @@ import yaml
 from ..build import build_hybrid
 from ..flops import component_forward_flops, hybrid_forward_flops
 from ..mixture import MixtureWeights
-from ..modeling import ManticoreForCausalLM
+from ..modeling import ManticoreForCausalLM, ManticoreForSequenceClassification
 from ..recipe import Recipe
 from ..tasks.text import load_text_dataset, pack_for_language_modeling, split_dataset
 from .checkpoint import CHECKPOINT_DIR
+from .classification import classifier_from, evaluate_classifier, load_classification_blocks
 from .loop import LoopSettings, TrainingLoop, distributed_state, evaluate_language_model
 from .metrics import MetricsWriter
 
@@ -109,6 +110,7 @@ class Pipeline:
         self._data: dict = {}
         self._tokenizer = None
         self._max_contexts: dict = {}
+        self.label_names: list[str] | None = None  # classification: the training split's labels
 
     # -- data ------------------------------------------------------------
 
@@ -139,8 +141,14 @@ class Pipeline:
             self._data[name] = self._load_blocks(name)
         return self._data[name]
 
+    @property
+    def is_classification(self) -> bool:
+        return self.recipe.data.task_type == "classification"
+
     def _load_blocks(self, name):
         data = self.recipe.data
+        if self.is_classification and name != "align":
+            return self._load_classification_blocks(name)
         if name == "align":
             documents = load_text_dataset(data.align.source, text_field=data.align.text_field)
             field = data.align.text_field
@@ -157,7 +165,41 @@ class Pipeline:
         blocks = pack_for_language_modeling(documents, self.tokenizer, data.block_size, text_field=field)
         return blocks.with_format("numpy")
 
+    def _load_classification_blocks(self, name):
+        """Padded (text, label) blocks; label ids follow the training split's labels."""
+        data = self.recipe.data
+        if name != "train" and self.label_names is None:
+            self.blocks("train")
+        split_by_fraction = data.validation is None and name in ("train", "validation")
+        source = {"train": data.task, "validation": data.validation or data.task, "test": data.test}[name]
+        blocks, names = load_classification_blocks(
+            source.source, self.tokenizer, data.block_size, source.text_field, data.label_field,
+            None if name == "train" and not split_by_fraction else self.label_names,
+        )
+        if name == "train" or (split_by_fraction and self.label_names is None):
+            self.label_names = names
+        if split_by_fraction:
+            splits = split_dataset(blocks, {"validation": data.validation_fraction, "train": None}, seed=self.recipe.seed)
+            blocks = splits[name].with_format("numpy")
+        return blocks
+
     # -- models ----------------------------------------------------------
+
+    def task_model(self, hybrid):
+        """The hybrid as the task needs it: itself for language modelling, a classifier sharing its parts otherwise."""
+        if not self.is_classification:
+            return hybrid
+        self.blocks("train")  # sets label_names
+        return classifier_from(hybrid, len(self.label_names), self.recipe.hybrid.pooling)
+
+    def load_task_model(self, directory):
+        model_class = ManticoreForSequenceClassification if self.is_classification else ManticoreForCausalLM
+        return model_class.from_pretrained(directory)
+
+    def evaluate_model(self, model, data) -> dict:
+        if self.is_classification:
+            return evaluate_classifier(model, data, self.recipe.evaluate_batch_size)
+        return evaluate_language_model(model, data, self.recipe.evaluate_batch_size)
 
     @staticmethod
     def initial_hybrid_for(recipe: Recipe) -> ManticoreForCausalLM:
@@ -269,7 +311,7 @@ class Pipeline:
     def stage_search(self) -> dict:
         """Search mixture weights together with all other weights on the task's training split."""
         torch.manual_seed(self.recipe.seed)
-        hybrid = self.aligned_hybrid()
+        hybrid = self.task_model(self.aligned_hybrid())
         section = self.recipe.search
         kind = SEARCH_MIXTURE_KIND[section.method]
         probs = hybrid.mixture_weights()
@@ -296,7 +338,7 @@ class Pipeline:
     def stage_retrain(self) -> dict:
         """Rewind to the aligned hybrid, fix the searched mixture weights, fine-tune the rest."""
         torch.manual_seed(self.recipe.seed)
-        hybrid = self.aligned_hybrid()
+        hybrid = self.task_model(self.aligned_hybrid())
         hybrid.set_mixture_weights(self.searched_mixture())
         summary = self._train(hybrid, "retrain", self._settings(self.recipe.retrain), self.blocks("train"), hybrid.parameters())
         summary["mixture_weights"] = hybrid.mixture_weights().tolist()
@@ -307,8 +349,12 @@ class Pipeline:
         """Component k alone (with its own, possibly aligned, embeddings) as a one-component hybrid."""
         aligned = self.aligned_hybrid()
         component = aligned.model.components[k]
+        options = {}
+        if self.is_classification:
+            self.blocks("train")  # sets label_names
+            options = dict(task="classification", num_labels=len(self.label_names), pooling=self.recipe.hybrid.pooling)
         return build_hybrid([component], n_blocks=1, tokenizer=aligned.tokenizer, projector="none", mixture="fixed",
-                            mixture_probs=[[1.0]])
+                            mixture_probs=[[1.0]], **options)
 
     def stage_baselines(self) -> dict:
         """Fine-tune each component alone: same steps and tokens, and (optionally) the same compute."""
@@ -353,17 +399,20 @@ class Pipeline:
         points = []
         for index, probs in enumerate(self.sweep_grid(reference.config.n_blocks)):
             torch.manual_seed(self.recipe.seed)
-            hybrid = self.aligned_hybrid()
+            hybrid = self.task_model(self.aligned_hybrid())
             hybrid.set_mixture_weights(probs)
             summary = self._train(hybrid, f"sweep/point{index}", self._settings(self.recipe.sweep), self.blocks("train"),
                                   hybrid.parameters())
-            validation = evaluate_language_model(hybrid, self.blocks("validation"), self.recipe.evaluate_batch_size)
-            points.append({"mixture_weights": probs, "train_loss": summary["loss"], "validation_loss": validation["loss"]})
+            validation = self.evaluate_model(hybrid, self.blocks("validation"))
+            point = {"mixture_weights": probs, "train_loss": summary["loss"], "validation_loss": validation["loss"]}
+            if "accuracy" in validation:
+                point["validation_accuracy"] = validation["accuracy"]
+            points.append(point)
         self._write_json(self.output / "sweep" / "landscape.json", points)
         return {"points": len(points), "best": min(points, key=lambda p: p["validation_loss"])}
 
     def stage_evaluate(self) -> dict:
-        """Test loss and perplexity of the retrained hybrid and every baseline, with their costs."""
+        """Test loss, perplexity (and accuracy for classification) of the retrained hybrid and every baseline, with their costs."""
         test = self.blocks("test")
         context = self.recipe.data.block_size
         rows = []
@@ -372,11 +421,14 @@ class Pipeline:
         for name, directory in candidates:
             if not directory.exists():
                 continue
-            model = ManticoreForCausalLM.from_pretrained(directory)
-            result = evaluate_language_model(model, test, self.recipe.evaluate_batch_size)
+            model = self.load_task_model(directory)
+            result = self.evaluate_model(model, test)
             training = self._training_summary(name)
-            rows.append({
-                "model": name,
+            if "accuracy" in result:
+                rows.append({"model": name, "test_accuracy": result["accuracy"]})
+            else:
+                rows.append({"model": name})
+            rows[-1].update({
                 "test_loss": result["loss"],
                 "test_perplexity": result["perplexity"],
                 "parameters": sum(p.numel() for p in model.parameters()),
