@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--overwrite", action="store_true", help="replace an earlier quickstart run")
     quickstart.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
     quickstart.add_argument("--scale", type=float, default=1.0, help="multiply every step count (default 1.0)")
+
+    from .mad.commands import add_mad_parser, add_program_parser
+
+    add_mad_parser(commands)
+    add_program_parser(commands)
     return parser
 
 
@@ -77,6 +82,14 @@ def main(argv=None) -> int:
             from .quickstart import run_quickstart
 
             run_quickstart(args.output_dir, overwrite=args.overwrite, resume=args.resume, scale=args.scale)
+        elif args.command == "mad":
+            from .mad.commands import run_mad_command
+
+            run_mad_command(args)
+        elif args.command == "program":
+            from .mad.commands import run_program_command
+
+            run_program_command(args)
         else:
             run_command(args)
     except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as error:
