@@ -326,3 +326,16 @@ def test_classification_run_reports_accuracy(workspace, tmp_path):
     landscape = json.loads((output / "sweep" / "landscape.json").read_text())
     assert all(0.0 <= point["validation_accuracy"] <= 1.0 for point in landscape)
     assert "test accuracy" in (output / "report.md").read_text()
+
+
+def test_programmed_out_component_never_runs(workspace, tmp_path):
+    short = save_component(tiny_model("gpt2", seed=2, max_context=16, vocab_size=72), tmp_path / "short", tiny_tokenizer())
+    output = tmp_path / "run"
+    mapping = recipe_mapping(workspace, output, ["align", "retrain", "baselines", "evaluate"])
+    mapping["hybrid"]["components"] = [str(workspace / "neox"), str(short)]
+    mapping["hybrid"]["mixture_probs"] = [[1.0, 0.0], [1.0, 0.0]]
+    mapping["data"]["block_size"] = 24  # longer than the programmed-out component's context
+    recipe = write_recipe(tmp_path / "recipe.yaml", mapping)
+    assert main(["run", recipe]) == 0
+    models = [row["model"] for row in json.loads((output / "results.json").read_text())]
+    assert models == ["manticore", "neox-same-compute", "neox-same-steps"]

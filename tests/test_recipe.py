@@ -327,3 +327,17 @@ def test_unknown_task_type_rejected():
     mapping = {"hybrid": {"components": ["a"]}, "stages": [], "data": {"task_type": "regression"}}
     with pytest.raises(RecipeError, match="data.task_type = 'regression' is invalid: use language_modeling or classification"):
         from_mapping(Recipe, mapping).validate()
+
+
+@pytest.mark.parametrize(
+    "probs, message",
+    [
+        ([[0.5, 0.5]], "give 2 rows"),
+        ([[0.5, 0.6], [0.5, 0.5]], "sum to 1"),
+        ([[1.5, -0.5], [0.5, 0.5]], "non-negative"),
+    ],
+)
+def test_invalid_mixture_probs_rejected(probs, message):
+    mapping = {"hybrid": {"components": ["a", "b"], "n_blocks": 2, "mixture_probs": probs}, "stages": []}
+    with pytest.raises(RecipeError, match=message):
+        from_mapping(Recipe, mapping).validate()

@@ -158,7 +158,10 @@ def build_hybrid(
     components = list(components)
     if not components:
         raise ValueError("no components given: pass at least one model, directory or hub id")
-    names = [c.name_or_path if isinstance(c, PreTrainedModel) else str(c) for c in components]
+    names = [
+        (c.name_or_path or f"{c.config.model_type}-{k}") if isinstance(c, PreTrainedModel) else str(c)
+        for k, c in enumerate(components)
+    ]
     models = [load_component(c, dtype) for c in components]
     own_tokenizers = [load_tokenizer(c) for c in components]
     hybrid_tokenizer = _choose_tokenizer(tokenizer, own_tokenizers)

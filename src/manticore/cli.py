@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             run_program_command(args)
         else:
             run_command(args)
-    except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (RecipeError, FileNotFoundError, FileExistsError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

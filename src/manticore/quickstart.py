@@ -91,8 +91,9 @@ def prepare_components(cache: Path, splits, scale: float) -> list[Path]:
     blocks = pack_for_language_modeling(splits.modern_train, tokenizer, BLOCK_SIZE).with_format("numpy")
     metrics = MetricsWriter(cache, tensorboard=False)
     steps = max(1, round(PRETRAIN_STEPS * scale))
+    # Components pretrained at another scale must not be reused, so the cache folder names the step count.
     return [
-        pretrain_component(name, config, tokenizer, blocks, cache / name, steps, metrics)
+        pretrain_component(name, config, tokenizer, blocks, cache / f"{name}-{steps}steps", steps, metrics)
         for name, config in component_configs(len(tokenizer)).items()
     ]
 

@@ -119,6 +119,8 @@ class Recipe:
         for stage in self.stages:
             _require(stage in STAGES, "stages", self.stages, f"replace {stage!r} with one of {', '.join(STAGES)}")
         _require(self.hybrid.n_blocks >= 1, "hybrid.n_blocks", self.hybrid.n_blocks, "use 1 or more")
+        if self.hybrid.mixture_probs is not None:
+            self._check_mixture_probs()
         _require(self.search.method in ("darts", "gaea", "gumbel"), "search.method", self.search.method, "use darts, gaea or gumbel")
         _require(self.search.mode in ("joint", "alternating", "bilevel"), "search.mode", self.search.mode,
                  "use joint, alternating or bilevel")
@@ -152,6 +154,15 @@ class Recipe:
         if "align" in self.stages:
             _require(self.data.align is not None, "data.align", None, "give a general-text dataset for alignment")
         return self
+
+    def _check_mixture_probs(self) -> None:
+        probs = self.hybrid.mixture_probs
+        shape = (self.hybrid.n_blocks, len(self.hybrid.components))
+        rows_ok = len(probs) == shape[0] and all(len(row) == shape[1] for row in probs)
+        _require(rows_ok, "hybrid.mixture_probs", probs,
+                 f"give {shape[0]} rows (one per block) of {shape[1]} weights (one per component)")
+        valid = all(min(row) >= 0 and abs(sum(row) - 1.0) <= 1e-4 for row in probs)
+        _require(valid, "hybrid.mixture_probs", probs, "every row must be non-negative and sum to 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

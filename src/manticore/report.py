@@ -35,7 +35,7 @@ def plot_mixture_trajectory(rows, path: Path, component_names) -> bool:
         for (_, name), (steps, values) in sorted(series.items()):
             if name.split("/")[1] == block:
                 k = int(name.rsplit("component", 1)[1])
-                axis.plot(steps, values, label=component_names[k] if k < len(component_names) else name)
+                axis.plot(steps, values, marker=".", label=component_names[k] if k < len(component_names) else name)
         axis.set(title=f"mixture weights, {block}", xlabel="search step", ylabel="alpha", ylim=(0, 1))
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -51,7 +51,7 @@ def plot_losses(rows, path: Path) -> bool:
     figure, axis = plt.subplots(figsize=(7, 4))
     for (stage, _), (steps, values) in sorted(series.items()):
         if not stage.startswith("sweep/"):
-            axis.plot(steps, values, label=stage)
+            axis.plot(steps, values, marker=".", label=stage)
     axis.set(title="training loss per stage", xlabel="step", ylabel="loss")
     axis.legend(fontsize=7)
     figure.tight_layout()

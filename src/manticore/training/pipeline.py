@@ -124,12 +124,20 @@ class Pipeline:
                 raise ValueError("no tokenizer found with the components: set hybrid.tokenizer in the recipe")
         return self._tokenizer
 
+    def programmed_out(self) -> set[str]:
+        """Components whose programmed mixture weight is 0 in every block."""
+        probs = self.recipe.hybrid.mixture_probs
+        if probs is None:
+            return set()
+        names = self.recipe.hybrid.components
+        return {names[k] for k in range(len(names)) if all(row[k] == 0 for row in probs)}
+
     def check_block_size(self) -> None:
         """Raise if a component cannot take blocks of `data.block_size` tokens."""
         self.tokenizer  # loads the components' metadata
         block_size = self.recipe.data.block_size
         for name, max_context in self._max_contexts.items():
-            if block_size > max_context:
+            if block_size > max_context and name not in self.programmed_out():
                 raise ValueError(
                     f"data.block_size = {block_size} is longer than component {name!r}'s maximum context of "
                     f"{max_context} tokens: set data.block_size to {max_context} or less"
@@ -204,9 +212,12 @@ class Pipeline:
     @staticmethod
     def initial_hybrid_for(recipe: Recipe) -> ManticoreForCausalLM:
         h = recipe.hybrid
+        # Programmed mixture weights stay fixed through alignment, so a component
+        # programmed out (weight 0 in every block) never runs.
+        mixture = {"mixture": "fixed", "mixture_probs": h.mixture_probs} if h.mixture_probs is not None else {}
         return build_hybrid(
             h.components, n_blocks=h.n_blocks, tokenizer=h.tokenizer, fresh_embeddings=h.fresh_embeddings,
-            layer_splits=h.layer_splits, projector=h.projector,
+            layer_splits=h.layer_splits, projector=h.projector, **mixture,
         )
 
     def initial_hybrid(self) -> ManticoreForCausalLM:
@@ -301,6 +312,11 @@ class Pipeline:
         torch.manual_seed(self.recipe.seed)
         hybrid = self.initial_hybrid()
         section = self.recipe.align
+        if hybrid.config.mixture == "fixed" and all(max(row) == 1.0 for row in hybrid.config.mixture_probs):
+            # Every block passes one component straight through, so no projector runs.
+            logger.info("alignment skipped: the programmed mixture weights are one-hot in every block")
+            self._save_model(hybrid, self.output / "align" / "model")
+            return {"skipped": "one-hot programmed mixture weights leave no projector to align"}
         freeze_components(hybrid)
         weights = [p for n, p in hybrid.named_parameters() if not n.startswith("model.mixture")]
         mixture = list(hybrid.model.mixture.parameters()) if section.train_mixture else []
@@ -366,6 +382,9 @@ class Pipeline:
         summaries = {}
         names = [short_name(name) for name in reference.config.component_names]
         for k, name in enumerate(names):
+            if reference.config.component_names[k] in self.programmed_out():
+                logger.info("no baseline for %s: its programmed mixture weight is 0 in every block", name)
+                continue
             if names.count(name) > 1:
                 name = f"{k}-{name}"  # two components from folders of the same name
             budgets = {"same-steps": section.steps}
