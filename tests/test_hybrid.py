@@ -231,7 +231,7 @@ def test_missing_component_path(tmp_path):
 def test_sequence_longer_than_context(tokenizer):
     components = [tiny_model("gpt2", max_context=16, vocab_size=VOCAB), tiny_model("mamba", vocab_size=VOCAB)]
     hybrid = manticore.build_hybrid(components, tokenizer=tokenizer)
-    with pytest.raises(ValueError, match="longer than component .* maximum context of 16"):
+    with pytest.raises(ValueError, match=r"longer than the maximum context of component .* \(16 tokens\)"):
         hybrid(batch(length=20))
     hybrid.set_mixture_weights([[0.0, 1.0]])
     assert hybrid(batch(length=20)).logits.shape == (2, 20, VOCAB)

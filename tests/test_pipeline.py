@@ -290,7 +290,8 @@ def test_block_longer_than_context_fails_early(workspace, tmp_path, capsys):
     assert main(["run", recipe]) == 2
     error = capsys.readouterr().err
     assert "data.block_size = 200" in error
-    assert "maximum context of 128" in error
+    assert "maximum context of component" in error
+    assert "(128 tokens)" in error
     assert not (tmp_path / "run").exists()
 
 
@@ -339,3 +340,18 @@ def test_programmed_out_component_never_runs(workspace, tmp_path):
     assert main(["run", recipe]) == 0
     models = [row["model"] for row in json.loads((output / "results.json").read_text())]
     assert models == ["manticore", "neox-same-compute", "neox-same-steps"]
+
+
+def test_dry_run_checks_data_paths(workspace, tmp_path, capsys):
+    mapping = recipe_mapping(workspace, tmp_path / "run")
+    mapping["data"]["task"]["source"] = "/path/to/task_train"
+    recipe = write_recipe(tmp_path / "recipe.yaml", mapping)
+    assert main(["run", recipe, "--dry-run"]) == 2
+    assert "data.task.source '/path/to/task_train' not found" in capsys.readouterr().err
+
+
+def test_retrain_without_weights_fails_before_output(workspace, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_mapping(workspace, tmp_path / "run", ["retrain"]))
+    assert main(["retrain", recipe]) == 2
+    assert "retrain needs mixture weights" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .recipe import STAGES, RecipeError, load_recipe
 from .training.loop import NonFiniteLossError
@@ -45,10 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_data_paths(recipe) -> None:
+    """Raise if a data source that names a local path does not exist (hub names are not checked)."""
+    for field in ("align", "task", "validation", "test"):
+        source = getattr(recipe.data, field)
+        if source is None:
+            continue
+        path = Path(source.source).expanduser()
+        looks_local = source.source.startswith((".", "/", "~")) or source.source.count("/") > 1
+        if looks_local and not path.exists():
+            raise FileNotFoundError(f"data.{field}.source {source.source!r} not found: point it at an existing file or folder")
+
+
 def dry_run(recipe) -> None:
     from .flops import hybrid_forward_flops
     from .training.pipeline import Pipeline
 
+    check_data_paths(recipe)
     hybrid = Pipeline.initial_hybrid_for(recipe)
     print(hybrid)
     total = sum(p.numel() for p in hybrid.parameters())

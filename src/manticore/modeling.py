@@ -112,8 +112,9 @@ class ManticoreModel(ManticorePreTrainedModel):
         for k, adapter in enumerate(self.adapters):
             if length > adapter.max_context and bool((alpha[:, k] != 0).any()):
                 raise ValueError(
-                    f"sequence of {length} tokens is longer than component {self.config.component_names[k]!r}'s "
-                    f"maximum context of {adapter.max_context}: truncate inputs to {adapter.max_context} tokens, "
+                    f"sequence of {length} tokens is longer than the maximum context of component "
+                    f"{self.config.component_names[k]!r} ({adapter.max_context} tokens): truncate inputs to "
+                    f"{adapter.max_context} tokens, "
                     "or give that component mixture weight 0"
                 )
 

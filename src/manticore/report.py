@@ -142,7 +142,8 @@ def write_report(output_dir, programmed=None) -> Path:
                      "when the model's training stage ended.", ""]
     searched = _load_json(output / "search" / "mixture.json", {}).get("mixture_weights")
     if searched is not None:
-        sections += ["## Searched mixture weights", "", f"`{searched}` (rows: blocks; columns: {recipe_names})", ""]
+        rounded = [[round(value, 3) for value in row] for row in searched]
+        sections += ["## Searched mixture weights", "", f"`{rounded}` (rows: blocks; columns: {recipe_names})", ""]
     if plot_mixture_trajectory(rows, figures / "mixture_weights.png", recipe_names):
         sections += ["![mixture weights during search](figures/mixture_weights.png)", ""]
     if plot_losses(rows, figures / "losses.png"):

@@ -139,8 +139,8 @@ class Pipeline:
         for name, max_context in self._max_contexts.items():
             if block_size > max_context and name not in self.programmed_out():
                 raise ValueError(
-                    f"data.block_size = {block_size} is longer than component {name!r}'s maximum context of "
-                    f"{max_context} tokens: set data.block_size to {max_context} or less"
+                    f"data.block_size = {block_size} is longer than the maximum context of component {name!r} "
+                    f"({max_context} tokens): set data.block_size to {max_context} or less"
                 )
 
     def blocks(self, name: str):
@@ -237,6 +237,9 @@ class Pipeline:
         """Run `stages` (default: the recipe's) in order. With `resume`, skip stages that have a done.json."""
         stages = list(stages or self.recipe.stages)
         pending = [stage for stage in stages if not (self.resume and (self.output / stage / "done.json").exists())]
+        needs_weights = {"retrain", "baselines"} & set(pending)
+        if needs_weights and "search" not in stages:
+            self.searched_mixture()  # raises before any data loads when no weights exist
         self.load_data(pending)
         if self.metrics is None:
             if self.state.is_main_process:
