@@ -55,7 +55,7 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> PreTrainedModel:
 
 
 def load_tokenizer(source) -> PreTrainedTokenizerBase | None:
-    """The tokenizer saved with a component, or None when there is none."""
+    """Load the tokenizer saved with a component; return None when there is none."""
     if isinstance(source, PreTrainedTokenizerBase):
         return source
     if isinstance(source, PreTrainedModel):

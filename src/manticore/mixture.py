@@ -6,7 +6,7 @@ Parametrisations:
              with temperature `tau` (DASH-style search), in eval mode softmax(a)
     simplex  alpha (M, K) itself is the parameter, kept on the simplex by an
              exponentiated-gradient optimiser (GAEA)
-    fixed    given probabilities, a buffer that no optimiser sees
+    fixed    given probabilities, a buffer that no optimiser updates
 """
 
 from __future__ import annotations

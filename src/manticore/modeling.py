@@ -119,7 +119,7 @@ class ManticoreModel(ManticorePreTrainedModel):
                 )
 
     def new_cache(self) -> "HybridCache":
-        """An empty decoding state for every component (see `manticore.generation`)."""
+        """Create an empty decoding state for every component (see `manticore.generation`)."""
         from .generation import HybridCache
 
         return HybridCache([adapter.new_cache() for adapter in self.adapters])

@@ -254,5 +254,5 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
     except yaml.YAMLError as error:
         raise RecipeError(f"recipe {str(path)!r} is not valid YAML: fix the syntax ({error})") from error
     if not isinstance(mapping, dict):
-        raise RecipeError(f"recipe {str(path)!r} holds {mapping!r}, not a mapping: write the recipe as key: value pairs")
+        raise RecipeError(f"recipe {str(path)!r} contains {mapping!r}, not a mapping: write the recipe as key: value pairs")
     return from_mapping(Recipe, apply_overrides(mapping, list(overrides))).validate()

@@ -83,7 +83,7 @@ class ComponentAdapter:
 
     @property
     def max_context(self) -> float:
-        """Longest sequence the component was built for (`math.inf` if none)."""
+        """Maximum sequence length the component was built for (`math.inf` if it has none)."""
         return getattr(self.config, "max_position_embeddings", None) or math.inf
 
     @property

@@ -194,7 +194,7 @@ class Pipeline:
     # -- models ----------------------------------------------------------
 
     def task_model(self, hybrid):
-        """The hybrid as the task needs it: itself for language modelling, a classifier sharing its parts otherwise."""
+        """Return the hybrid for language modelling, or a classifier that shares its parts for classification."""
         if not self.is_classification:
             return hybrid
         self.blocks("train")  # sets label_names
@@ -224,7 +224,7 @@ class Pipeline:
         return self.initial_hybrid_for(self.recipe)
 
     def aligned_hybrid(self) -> ManticoreForCausalLM:
-        """The hybrid after alignment (the rewind point), or the unaligned one if no alignment ran."""
+        """Load the hybrid saved after alignment (the rewind point), or build an unaligned one if no alignment ran."""
         directory = self.output / "align" / "model"
         if directory.exists():
             return ManticoreForCausalLM.from_pretrained(directory)
